@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create .venv and install nanochat into it (idempotent; re-running only checks).
+#   bash setup.sh          runtime dependencies (what runcpu.sh / speedrun.sh need)
+#   bash setup.sh --dev    plus test tools (pytest, openai client, transformers, playwright) and Debian chromium
+#
+# torch: pyproject pins torch>=2.8,<=2.13.0. Where pip is offered a local CPU wheel of 2.13.0 (our CI, laptops
+# with a wheelhouse) it takes that; on a GPU node pip resolves the CUDA build of the newest allowed torch from
+# PyPI; a venv that already has a torch in range keeps it. Override with TORCH_SPEC, e.g.
+#   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash setup.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+DEV=0; [ "${1:-}" = "--dev" ] && DEV=1
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv with $($PY --version)"
+    $PY -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "[setup] installing torch (${TORCH_SPEC:-from the pyproject range})"
+    if [ -n "${TORCH_SPEC:-}" ]; then "${PIP[@]}" $TORCH_SPEC; fi
+fi
+EXTRA=""; [ $DEV = 1 ] && EXTRA="[dev]"
+echo "[setup] installing nanochat$EXTRA and its dependencies"
+"${PIP[@]}" -e ".$EXTRA" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import torch; print('[setup] torch', torch.__version__, '| cuda available:', torch.cuda.is_available())"
+if [ $DEV = 1 ] && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing Debian chromium for the browser test"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "[setup] WARNING: chromium install failed; tests/test_browser.py will skip"
+    else
+        echo "[setup] chromium not found and cannot apt-get install it here: tests/test_browser.py will skip"
+    fi
+fi
