@@ -47,7 +47,7 @@ wait $DATASET_PID
 
 # --- pretraining (~2 h, ~$48 estimated in bf16): d24 at 8 tokens per scaling parameter is the public recipe's
 #     fastest way to GPT-2 CORE (0.2565); CORE runs at the end on all examples
-$TORCHRUN -m scripts.base_train -- --depth=24 --target-param-data-ratio=8 --core-metric-every=-1 \
+$TORCHRUN -m scripts.base_train -- --depth=24 --target-param-data-ratio=8 --core-metric-every=999999 \
     --core-metric-max-per-task=-1 --run="$WANDB_RUN"
 # --- base evaluation (~5 min, $2): CORE on the full bundle, train/val bpb, samples
 $TORCHRUN -m scripts.base_eval
