@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh --dev
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# tiny models: one thread per process avoids oversubscription (the torchrun tests start 2 processes)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"
