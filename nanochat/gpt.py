@@ -34,15 +34,21 @@ and printed once. `naive_attention` is the slow written-out reference both are t
 Window convention (as FlashAttention's window_size=(window, 0)): query at position i sees keys j with
 0 <= i - j <= window, so `window >= T - 1` is plain causal attention.
 
-torch.compile is applied by the training script; the no-cache forward has no data-dependent Python branches.
+torch.compile is applied by the training script; the no-cache forward has no data-dependent Python branches and no
+host syncs (tests/test_chunked_ce.py traces it as one graph). With targets, the head and the loss run over chunks of
+CE_CHUNK_ROWS rows, each recomputed in backward, so the (B*T, V) fp32 logits never exist at once.
+FP8 for the large matmuls is a conversion applied from outside (nanochat/fp8.py); the accounting counts parameters,
+not module classes, so it holds under FP8.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nanochat.common import get_compute_dtype, print0
 from nanochat.muon import MuonAdamW
@@ -68,6 +74,8 @@ SOFTCAP = 15.0
 VE_GATE_CHANNELS = 12  # the value-embedding gate looks at the first 12 channels of the attention input
 VOCAB_PAD = 64  # vocab rows padded to a multiple of this: friendlier matmul shapes, and divisible by the world size
 ROTARY_POSITIONS_MULT = 10  # rotary tables cover 10x sequence_len positions (inference may run past training length)
+CE_CHUNK_ROWS = 4096  # the loss runs over chunks of this many rows (tokens) when B*T is larger; 0 = never
+CHECKPOINT_KWARGS = {"use_reentrant": False, "preserve_rng_state": False}  # the head draws no random numbers
 
 
 # -----------------------------------------------------------------------------
@@ -402,6 +410,7 @@ class GPT(nn.Module):
         self.register_buffer("cos", torch.empty(self.rotary_len, self.head_dim // 2), persistent=False)
         self.register_buffer("sin", torch.empty(self.rotary_len, self.head_dim // 2), persistent=False)
         self.compute_dtype = torch.float32  # set for the real device by init_weights()
+        self.ce_chunk_rows = CE_CHUNK_ROWS  # 0 = one (B*T, V) logits tensor (bench_train measures both)
 
     @torch.no_grad()
     def init_weights(self):
@@ -550,16 +559,34 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = norm(x)
 
-        logits = self.lm_head(x)[..., : self.config.vocab_size].float()  # crop the vocab padding
-        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction
-        )
+            return self.head_logits(x)
+        assert loss_reduction in ("mean", "sum", "none"), f"unknown loss_reduction {loss_reduction!r}"
+        x, targets = x.view(B * T, -1), targets.reshape(B * T)
+        n = self.ce_chunk_rows
+        if n and B * T > n:
+            # Row chunks whose logits are recomputed in backward instead of stored: at most one chunk's (n, V) fp32
+            # logits exist at a time (all of them: B*T*V*4 bytes, 8.6 GB at B=32, T=2048, V=32768). The price is
+            # one more lm_head forward, 2*C*V FLOPs per token that estimate_flops() leaves out.
+            head_loss = self.head_loss
+            if torch.is_grad_enabled():
+                head_loss = functools.partial(checkpoint, self.head_loss, **CHECKPOINT_KWARGS)
+            loss = torch.cat([head_loss(x[i : i + n], targets[i : i + n]) for i in range(0, B * T, n)])
+        else:
+            loss = self.head_loss(x, targets)
         if loss_reduction == "none":
-            loss = loss.view(B, T)
-        return loss
+            return loss.view(B, T)
+        loss = loss.sum()
+        return loss if loss_reduction == "sum" else loss / (targets >= 0).sum()  # mean over non-ignored, no sync
+
+    def head_logits(self, x):
+        """(..., C) normalized hidden states -> softcapped fp32 logits (..., vocab_size), the padding cropped."""
+        logits = self.lm_head(x)[..., : self.config.vocab_size].float()
+        return SOFTCAP * torch.tanh(logits / SOFTCAP)
+
+    def head_loss(self, x, targets):
+        """(N, C), (N,) -> (N,) cross-entropy in nats of the softcapped logits, 0 where the target is -1."""
+        return F.cross_entropy(self.head_logits(x), targets, ignore_index=-1, reduction="none")
 
     # -- naive generation (reference for the engine) ------------------------
 
