@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole pipeline shrunk for a 2-core CPU on the embedded corpus, ending in a chat (the README's main command).
+# Tokenizer -> base pretraining -> CORE/bpb -> midtraining -> SFT -> chat eval -> report card -> a chat.
+# About 25 minutes on 2 cores (wall time per stage is printed and kept in $NANOCHAT_BASE_DIR/runcpu_times.txt).
+# The model is tiny (d4, ~3M matrix parameters, a few million tokens): it learns the corpus' register and the chat
+# format (well-formed turns), not facts. For real models use speedrun.sh on GPUs.
+#
+#   bash runcpu.sh                   # base dir ~/.cache/nanochat
+#   NANOCHAT_BASE_DIR=/tmp/nc bash runcpu.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
+export NANOCHAT_TASK_DIR=${NANOCHAT_TASK_DIR:-$PWD/nanochat/data/tasks}   # offline chat-task fixtures
+export NANOCHAT_EVAL_BUNDLE=${NANOCHAT_EVAL_BUNDLE:-fixture}              # offline CORE fixture bundle
+export WANDB_MODE=${WANDB_MODE:-disabled}
+DEPTH=${DEPTH:-4}
+BASE_STEPS=${BASE_STEPS:-600}
+TIMES=$NANOCHAT_BASE_DIR/runcpu_times.txt
+
+stage() {  # stage NAME CMD...: run one step of the pipeline and record its wall time
+    local name=$1 t0=$SECONDS
+    shift
+    echo "=== $name: $*"
+    "$@"
+    echo "$name: $((SECONDS - t0)) s" | tee -a "$TIMES"
+}
+
+bash setup.sh
+source .venv/bin/activate
+mkdir -p "$NANOCHAT_BASE_DIR"
+: > "$TIMES"
+python -m nanochat.report reset >/dev/null
+
+# tokenizer (~20 s): 8192 tokens is the largest vocab a 2-core CPU affords (the lm_head dominates small models)
+stage tok_train python -m scripts.tok_train --vocab-size 8192
+stage tok_eval python -m scripts.tok_eval
+# base pretraining (~15 min): d4 from the dial; context, batch and LRs shrunk to a CPU
+stage base_train python -m scripts.base_train --depth "$DEPTH" --model-tag "d$DEPTH" --max-seq-len 512 \
+    --device-batch-size 8 --total-batch-size 8192 --num-iterations "$BASE_STEPS" --window-pattern L --warmup-steps 20 \
+    --eval-every 100 --eval-tokens 131072 --core-metric-every 999999 --core-metric-max-per-task -1 --sample-every 300 \
+    --save-every 200
+stage base_eval python -m scripts.base_eval --model-tag "d$DEPTH" --device-batch-size 8 --split-tokens 131072
+# midtraining and SFT (~5 min): conversations, multiple choice, calculator tool use, identity, spelling
+stage mid_train python -m scripts.mid_train --source-tag "d$DEPTH" --max-seq-len 512 --device-batch-size 8 \
+    --total-batch-size 8192 --spellingbee-size 300 --eval-every 20 --eval-tokens 32768
+stage chat_sft python -m scripts.chat_sft --source-tag "d$DEPTH" --max-seq-len 512 --device-batch-size 8 \
+    --total-batch-size 8192 --spellingbee-size 300 --num-iterations 60 --eval-every 20 --eval-tokens 32768 \
+    --chat-eval-every 30
+stage chat_eval python -m scripts.chat_eval -i sft -g "d$DEPTH" -m 128
+python -m nanochat.report generate
+cat "$TIMES"
+
+# the chat
+for prompt in "Hello! Who are you?" "What is the capital of France?" "How many r are in the word strawberry?"; do
+    echo ">>> $prompt"
+    python -m scripts.chat_cli -i sft -g "d$DEPTH" -t 0 -p "$prompt"
+done
+if [ -t 0 ]; then
+    echo "Chatting with the model (type quit to leave). Web UI: python -m scripts.chat_web, then http://127.0.0.1:8000"
+    python -m scripts.chat_cli -i sft -g "d$DEPTH"
+fi
