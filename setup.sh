@@ -16,9 +16,9 @@ if [ ! -x .venv/bin/python ]; then
     $PY -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    echo "[setup] installing torch (${TORCH_SPEC:-from the pyproject range})"
-    if [ -n "${TORCH_SPEC:-}" ]; then "${PIP[@]}" $TORCH_SPEC; fi
+if [ -n "${TORCH_SPEC:-}" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "[setup] installing $TORCH_SPEC"
+    "${PIP[@]}" $TORCH_SPEC
 fi
 EXTRA=""; [ $DEV = 1 ] && EXTRA="[dev]"
 echo "[setup] installing nanochat$EXTRA and its dependencies"
