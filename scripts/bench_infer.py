@@ -6,6 +6,7 @@ memory, for a checkpoint or for a randomly initialised model of a given depth (s
     python -m scripts.bench_infer --depth 2 --vocab-size 8192 --batch-sizes 1,4 --decode-tokens 32 --num-threads 1
     python -m scripts.bench_infer --source sft                         # the largest SFT checkpoint (one GPU)
     python -m scripts.bench_infer --source base --model-tag d12 --step 5000 --prompt-len 1024 --batch-sizes 1,8,32
+    python -m scripts.bench_infer --depth 4 --vocab-size 8192 --hf-compare  # vs transformers' generate (CPU: <1 min)
 
 What is timed (wall clock, CUDA synchronised by the .tolist() of every decode step):
 - prefill: one batch-1 forward of --prompt-len tokens into a fresh KV cache (median of --repeats), as tokens/s.
@@ -15,13 +16,24 @@ What is timed (wall clock, CUDA synchronised by the .tolist() of every decode st
   of this process (steadier than wall time on a CPU shared with other jobs).
 - memory: CUDA max_memory_allocated per batch size; on CPU the process's peak RSS so far (it never goes down).
 A warm-up generate precedes each measurement. Prints a table; the last line is one JSON document with everything.
+
+--hf-compare: the same weights through HuggingFace transformers. The model (checkpoint or random) is exported with
+nanochat/hf_export.py into a temporary directory (custom modeling code unless the native `nanochat` type fits), loaded
+with AutoModelForCausalLM (trust_remote_code, offline, in our compute dtype: fp32 on CPU, bf16 on CUDA) and timed with
+greedy `generate` (use_cache=True, exactly --decode-tokens new tokens, the prompt repeated on every row) against our
+Engine, also greedy, at every batch size. A streamer timestamps each token as generate hands it over, so TTFT and
+ms/step mean the same for both. Runs alternate (ours, HF, ours, HF, ... --repeats pairs, medians reported) so that
+load from other jobs hits both alike. Our Engine prefills one row and copies its cache to the others; transformers
+prefills every row, so its TTFT grows with the batch. Once, row 0's greedy tokens of the two must agree (printed).
 """
 
 import argparse
 import itertools
 import json
+import os
 import resource
 import statistics
+import tempfile
 import time
 
 import torch
@@ -46,9 +58,10 @@ parser.add_argument("--window-pattern", type=str, default="L", help="random mode
 parser.add_argument("--prompt-len", type=int, default=256, help="prompt length in tokens (prefill and decode)")
 parser.add_argument("--decode-tokens", type=int, default=64, help="tokens generated per row")
 parser.add_argument("--batch-sizes", type=str, default="1,4,16", help="comma-separated decode batch sizes (rows)")
-parser.add_argument("--repeats", type=int, default=3, help="prefill repeats (median reported)")
+parser.add_argument("--repeats", type=int, default=3, help="prefill repeats and --hf-compare pairs (medians)")
 parser.add_argument("--num-threads", type=int, default=0, help="CPU torch threads (0 = torch's default)")
 parser.add_argument("--device-type", type=str, default="", choices=["", "cuda", "mps", "cpu"], help="default: auto")
+parser.add_argument("--hf-compare", action="store_true", help="also time transformers' generate on the same weights")
 args = parser.parse_args()
 assert (args.source is None) != (args.depth is None), "give exactly one of --source (checkpoint) or --depth (random)"
 batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -158,15 +171,30 @@ print0(
 # Decode sweep
 
 
-def time_generate(batch_size, max_tokens):
-    """Wall time of every yielded column from the call, and the process CPU time of the decode steps."""
-    times = []
+def time_generate(batch_size, max_tokens, temperature=1.0, top_k=50):
+    """Wall time of every yielded column from the call, the process CPU time of the decode steps, row 0's tokens."""
+    times, first_row = [], []
     t0 = time.perf_counter()
-    for _ in engine.generate(prompt, num_samples=batch_size, max_tokens=max_tokens, temperature=1.0, top_k=50):
+    for token_column, _ in engine.generate(
+        prompt, num_samples=batch_size, max_tokens=max_tokens, temperature=temperature, top_k=top_k
+    ):
         times.append(time.perf_counter() - t0)  # the column is a Python list: the device work is done
+        first_row.append(token_column[0])
         if len(times) == 1:
             cpu0 = time.process_time()
-    return times, time.process_time() - cpu0
+    return times, time.process_time() - cpu0, first_row
+
+
+def step_stats(batch_size, times, decode_cpu_s):
+    """times: seconds from the call to each new token (one per row and step). TTFT, then the decode steps after it."""
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "ttft_ms": times[0] * 1e3,
+        "ms_per_step": statistics.median(steps) * 1e3,
+        "decode_tok_per_s": batch_size * len(steps) / (times[-1] - times[0]),
+        # per CPU-second of this process (all its threads): the number to quote on a CPU shared with other jobs
+        "decode_tok_per_cpu_s": batch_size * len(steps) / max(decode_cpu_s, 1e-9),
+    }
 
 
 decode = []
@@ -177,15 +205,10 @@ for batch_size in batch_sizes:
     time_generate(batch_size, 4)  # warm-up (allocator, kernels)
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, decode_cpu_s = time_generate(batch_size, args.decode_tokens)
-    steps = [b - a for a, b in itertools.pairwise(times)]
+    times, decode_cpu_s, _ = time_generate(batch_size, args.decode_tokens)
     row = {
         "batch_size": batch_size,
-        "ttft_ms": times[0] * 1e3,
-        "ms_per_step": statistics.median(steps) * 1e3,
-        "decode_tok_per_s": batch_size * len(steps) / (times[-1] - times[0]),
-        # per CPU-second of this process (all its threads): the number to quote on a CPU shared with other jobs
-        "decode_tok_per_cpu_s": batch_size * len(steps) / max(decode_cpu_s, 1e-9),
+        **step_stats(batch_size, times, decode_cpu_s),
         "peak_memory_bytes": peak_memory_bytes(),
         "peak_memory_kind": "cuda_max_allocated" if device_type == "cuda" else "process_peak_rss",
     }
@@ -196,6 +219,147 @@ for batch_size in batch_sizes:
     )
 
 # -----------------------------------------------------------------------------
+# Against transformers' generate (--hf-compare)
+
+hf_compare = None
+if args.hf_compare:
+    tmp_dir = tempfile.TemporaryDirectory(prefix="nanochat_hf_compare_")
+    # transformers copies remote code into a module cache read when it is imported: keep that copy in the temp dir
+    # too (one directory per run would otherwise pile up in ~/.cache/huggingface/modules)
+    os.environ.setdefault("HF_MODULES_CACHE", os.path.join(tmp_dir.name, "modules"))
+    import transformers
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    from nanochat.hf_export import export_model
+
+    transformers.utils.logging.disable_progress_bar()  # its weight-loading bar would land in the benchmark log
+    export_dir = os.path.join(tmp_dir.name, "export")
+    export_info = export_model(model, tokenizer, export_dir)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        export_dir, trust_remote_code=True, local_files_only=True, dtype=model.compute_dtype
+    )
+    hf_model.to(device).eval()
+    hf_dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
+    print0(
+        f"transformers {transformers.__version__}: {type(hf_model).__name__} ({export_info['kind']} export), {hf_dtype}"
+    )
+
+    with torch.inference_mode():
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        max_logit_diff = (model(ids).float() - hf_model(ids).logits.float()).abs().max().item()
+    print0(f"max |logit diff| nanochat vs transformers over the {args.prompt_len}-token prompt: {max_logit_diff:.2e}")
+
+    class TokenTimer(BaseStreamer):
+        """generate() hands the streamer the prompt, then each new token column (on the host: the step is done)."""
+
+        def __init__(self):
+            self.t0 = time.perf_counter()
+            self.times, self.cpu0, self.cpu1, self.seen_prompt = [], None, None, False
+
+        def put(self, value):
+            if not self.seen_prompt:
+                self.seen_prompt = True
+                return
+            self.times.append(time.perf_counter() - self.t0)
+            if len(self.times) == 1:
+                self.cpu0 = time.process_time()
+
+        def end(self):
+            self.cpu1 = time.process_time()
+
+    def time_hf_generate(batch_size, max_tokens):
+        """Like time_generate, greedy, through transformers. eos unset: no row stops early and no logits processor
+        touches the scores (min_new_tokens would mask eos), as in our Engine with stop_token_ids emptied."""
+        ids = torch.tensor([prompt] * batch_size, dtype=torch.long, device=device)
+        timer = TokenTimer()
+        out = hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=None,
+            streamer=timer,
+        )
+        assert len(timer.times) == max_tokens, f"transformers generated {len(timer.times)} tokens, not {max_tokens}"
+        return timer.times, timer.cpu1 - timer.cpu0, out[0, len(prompt) :].tolist()
+
+    greedy = None
+    compare_rows = []
+    for batch_size in batch_sizes:
+        time_generate(batch_size, 4, temperature=0.0, top_k=None)  # warm-up both
+        time_hf_generate(batch_size, 4)
+        runs = {"nanochat": [], "transformers": []}
+        for _ in range(args.repeats):  # alternate, so that load from other jobs lands on both
+            times, cpu_s, ours_tokens = time_generate(batch_size, args.decode_tokens, temperature=0.0, top_k=None)
+            runs["nanochat"].append(step_stats(batch_size, times, cpu_s))
+            times, cpu_s, hf_tokens = time_hf_generate(batch_size, args.decode_tokens)
+            runs["transformers"].append(step_stats(batch_size, times, cpu_s))
+            if greedy is None:
+                first_diff = next((i for i, (a, b) in enumerate(zip(ours_tokens, hf_tokens)) if a != b), None)
+                greedy = {"match": ours_tokens == hf_tokens, "tokens": len(ours_tokens), "first_mismatch": first_diff}
+                if greedy["match"]:
+                    print0(f"greedy check: row 0 identical for all {len(ours_tokens)} tokens (nanochat = transformers)")
+                else:
+                    print0(
+                        f"GREEDY MISMATCH: row 0 differs from token {first_diff} on (nanochat "
+                        f"{ours_tokens[first_diff : first_diff + 8]} vs transformers {hf_tokens[first_diff : first_diff + 8]})"
+                        f"; max |logit diff| on the prompt {max_logit_diff:.2e}"
+                    )
+        row = {"batch_size": batch_size}
+        for name, stats in runs.items():
+            row[name] = {key: statistics.median(s[key] for s in stats) for key in stats[0]}
+        ours, hf = row["nanochat"], row["transformers"]
+        # every ratio reads "times faster than transformers"
+        row["speedup"] = {
+            "ttft": hf["ttft_ms"] / ours["ttft_ms"],
+            "ms_per_step": hf["ms_per_step"] / ours["ms_per_step"],
+            "decode_tok_per_s": ours["decode_tok_per_s"] / hf["decode_tok_per_s"],
+            "decode_tok_per_cpu_s": ours["decode_tok_per_cpu_s"] / hf["decode_tok_per_cpu_s"],
+        }
+        compare_rows.append(row)
+
+    print0(
+        f"nanochat Engine vs transformers generate, greedy, prompt {args.prompt_len} + {args.decode_tokens} tokens, "
+        f"median of {args.repeats} alternating runs:"
+    )
+    header = f"{'batch':>5} {'engine':<13} {'TTFT ms':>9} {'ms/step':>8} {'decode tok/s':>13} {'tok/CPU-s':>10}"
+    print0(header)
+    print0("-" * len(header))
+    for row in compare_rows:
+        for name in ("nanochat", "transformers"):
+            s = row[name]
+            print0(
+                f"{row['batch_size']:>5} {name:<13} {s['ttft_ms']:>9.1f} {s['ms_per_step']:>8.2f} "
+                f"{s['decode_tok_per_s']:>13,.0f} {s['decode_tok_per_cpu_s']:>10,.0f}"
+            )
+        x = row["speedup"]
+        print0(
+            f"{'':>5} {'speedup':<13} {x['ttft']:>8.2f}x {x['ms_per_step']:>7.2f}x "
+            f"{x['decode_tok_per_s']:>12.2f}x {x['decode_tok_per_cpu_s']:>9.2f}x"
+        )
+    hf_compare = {
+        "transformers_version": transformers.__version__,
+        "export_kind": export_info["kind"],
+        "hf_class": type(hf_model).__name__,
+        "hf_dtype": hf_dtype,
+        "sampling": "greedy",
+        "repeats": args.repeats,
+        "max_abs_logit_diff": max_logit_diff,
+        "greedy_match": greedy["match"],
+        "greedy_tokens_checked": greedy["tokens"],
+        "greedy_first_mismatch": greedy["first_mismatch"],
+        "rows": compare_rows,
+    }
+    del hf_model
+    tmp_dir.cleanup()
+
+# -----------------------------------------------------------------------------
 # Summary
 
-print0(json.dumps({**card, "prefill": prefill, "decode_tokens": args.decode_tokens, "decode": decode}))
+summary = {**card, "prefill": prefill, "decode_tokens": args.decode_tokens, "decode": decode}
+if hf_compare is not None:
+    summary["hf_compare"] = hf_compare
+print0(json.dumps(summary))
