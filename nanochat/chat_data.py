@@ -87,6 +87,26 @@ def val_mixture():
     return TaskMixture([SmolTalk("test"), MMLU("all", "test", stop=5200), GSM8K("test", stop=420)])
 
 
+def describe_tasks(task):
+    """[{"task", "conversations", "epochs"}] of a TaskMixture (a task listed k times has epochs k), or of one task."""
+    entries = {}  # id(task) -> entry: the mixtures repeat the very same task object for extra epochs
+    for t in getattr(task, "tasks", [task]):
+        if id(t) in entries:
+            entries[id(t)]["epochs"] += 1
+        else:
+            entries[id(t)] = {"task": type(t).__name__, "conversations": len(t), "epochs": 1}
+    return list(entries.values())
+
+
+def describe_task_source():
+    """Where the task rows were read from (tasks/common.load_rows): local files or the HuggingFace hub."""
+    from tasks.common import TASK_DIR_ENV
+
+    if os.environ.get(TASK_DIR_ENV):
+        return f"local files under {os.environ[TASK_DIR_ENV]} (${TASK_DIR_ENV})"
+    return "HuggingFace hub (datasets.load_dataset)"
+
+
 # -----------------------------------------------------------------------------
 # The conversation packing loader
 
@@ -517,12 +537,12 @@ def pass_at_k(outcomes, num_problems, k, device):
 
 
 def run_chat_eval(name, model, tokenizer, batch_size=8, max_problems=None, **generation):
-    """Accuracy of one task of CHAT_EVAL_TASKS: categorical, or pass@num_samples for generative tasks."""
+    """(accuracy, problems evaluated) on one task of CHAT_EVAL_TASKS: categorical, or pass@num_samples for
+    generative tasks."""
     task = load_eval_task(name)
     if task.eval_type == "categorical":
-        accuracy, _ = evaluate_categorical(model, tokenizer, task, batch_size=batch_size, max_problems=max_problems)
-        return accuracy
+        return evaluate_categorical(model, tokenizer, task, batch_size=batch_size, max_problems=max_problems)
     outcomes, n = generative_outcomes(
         model, tokenizer, task, batch_size=batch_size, max_problems=max_problems, **generation
     )
-    return pass_at_k(outcomes, n, generation.get("num_samples", 1), model.get_device())
+    return pass_at_k(outcomes, n, generation.get("num_samples", 1), model.get_device()), n

@@ -1,6 +1,7 @@
 """
 Shared plumbing: base directory, device and dtype detection, process-group setup for 1 process or
-torchrun, rank-0 printing, a null wandb logger, per-device peak FLOP/s for MFU, seeding.
+torchrun, rank-0 printing, a null wandb logger, per-device peak FLOP/s for MFU, seeding, and the hardware part
+(device, dtype, peak memory) of a checkpoint's run_info.
 
 Importing this module does no work; compute_init() does.
 """
@@ -14,7 +15,6 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
-
 
 # -----------------------------------------------------------------------------
 # Paths
@@ -210,12 +210,50 @@ def get_peak_flops(device_name):
 
 
 def get_device_name(device):
+    """GPU name on CUDA; on CPU the model name from /proc/cpuinfo (Linux), else what `platform` reports."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    return platform.processor() or platform.machine() or "cpu"
+    return read_cpu_model_name() or platform.processor() or platform.machine() or "cpu"
+
+
+def read_cpu_model_name(cpuinfo_path="/proc/cpuinfo"):
+    """The first 'model name' line of /proc/cpuinfo (x86), or its 'Hardware'/'Model' line (ARM); None if absent."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for key in ("model name", "Hardware", "Model"):
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == key and value.strip():
+                return value.strip()
+    return None
+
+
+def get_peak_memory(device):
+    """This process's peak memory so far, as printed and stored in checkpoint metadata."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
+    import resource  # Unix only; imported here so that the module imports everywhere
+
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU max RSS)"  # KiB on Linux
+
+
+def describe_hardware(device, world_size, dtype):
+    """The machine part of a checkpoint's `run_info`: device name, count and type, compute dtype, peak memory."""
+    device = torch.device(device)
+    return {
+        "device_name": get_device_name(device),
+        "device_count": world_size,
+        "device_type": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_memory": get_peak_memory(device),
+    }
 
 
 def estimate_cpu_peak_flops():

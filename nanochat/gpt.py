@@ -141,8 +141,9 @@ def apply_rotary_emb(x, cos, sin):
 # -----------------------------------------------------------------------------
 # Attention kernels: FlashAttention-3, SDPA, and the naive reference
 
-ATTENTION_BACKEND = None  # test override: "fa3" | "sdpa" | None (auto)
+ATTENTION_BACKEND = None  # override, "fa3" | "sdpa" | None (auto): set by bench_train --attention and by tests
 _resolved_backends = {}  # (device type, dtype) -> "fa3" | "sdpa"; printed once when first resolved
+_dense_mask_noted = False  # the SDPA dense-mask cost line is printed once per process
 _window_masks = {}  # (T, window, device) -> (T, T) bool mask, True = may attend
 
 
@@ -188,11 +189,20 @@ def get_attention_backend(device, dtype):
             print0("attention: FlashAttention-3 (Hopper)")
         else:
             _resolved_backends[key] = "sdpa"
-            print0(
-                f"attention: PyTorch SDPA ({reason}); sliding windows shorter than the sequence use a dense mask "
-                "(slower, more memory: consider --window-pattern L)"
-            )
+            print0(f"attention: PyTorch SDPA ({reason})")
     return _resolved_backends[key]
+
+
+def note_dense_window_masks(backend, window_sizes, sequence_len):
+    """One line, once per process, when SDPA will build dense masks: only for windows shorter than the sequence."""
+    global _dense_mask_noted
+    short = sorted({w for w in window_sizes if w < sequence_len - 1})  # window >= T - 1 is plain causal attention
+    if backend == "sdpa" and short and not _dense_mask_noted:
+        _dense_mask_noted = True
+        print0(
+            f"attention: SDPA has no sliding-window kernel: windows {short} < sequence {sequence_len} use a dense "
+            "(T, T) mask (slower, more memory: consider --window-pattern L)"
+        )
 
 
 def naive_attention(q, k, v, window, q_pos=None):
@@ -448,7 +458,9 @@ class GPT(nn.Module):
         if self.compute_dtype != torch.float16:  # fp16 GradScaler cannot unscale fp16 gradients: keep those fp32
             self.wte.to(self.compute_dtype)
             self.value_embeds.to(self.compute_dtype)
-        get_attention_backend(device, self.compute_dtype)  # resolve and print the attention backend outside compile
+        # resolve and print the attention backend outside compile, and what SDPA costs for this model's windows
+        backend = get_attention_backend(device, self.compute_dtype)
+        note_dense_window_masks(backend, self.window_sizes, self.config.sequence_len)
 
     def get_device(self):
         return self.wte.weight.device
@@ -499,8 +511,9 @@ class GPT(nn.Module):
         width = (self.config.n_embd / 768) ** -0.5 if dmodel_lr_scale else 1.0
         b = batch_lr_scale
 
-        def adamw(params, lr, betas, weight_decay):
+        def adamw(name, params, lr, betas, weight_decay):
             return {
+                "name": name,
                 "kind": "adamw",
                 "params": params,
                 "lr": lr,
@@ -509,19 +522,23 @@ class GPT(nn.Module):
                 "weight_decay": weight_decay,
             }
 
+        ve_params = list(self.value_embeds.parameters())
         groups = [
-            adamw([self.lm_head.weight], unembedding_lr * width * b, (0.8, 0.96), 0.01),
-            adamw([self.wte.weight], embedding_lr * width * b, (0.8, 0.995), 0.001),
-            adamw(list(self.value_embeds.parameters()), 0.5 * embedding_lr * width * b, (0.8, 0.995), 0.01),
-            adamw([self.resid_lambdas], 0.01 * scalar_lr * b, (0.8, 0.95), 0.05),
-            adamw([self.x0_lambdas], scalar_lr * b, (0.96, 0.95), 0.0),
+            adamw("lm_head.weight", [self.lm_head.weight], unembedding_lr * width * b, (0.8, 0.96), 0.01),
+            adamw("wte.weight", [self.wte.weight], embedding_lr * width * b, (0.8, 0.995), 0.001),
+            adamw("value_embeds.*.weight", ve_params, 0.5 * embedding_lr * width * b, (0.8, 0.995), 0.01),
+            adamw("resid_lambdas", [self.resid_lambdas], 0.01 * scalar_lr * b, (0.8, 0.95), 0.05),
+            adamw("x0_lambdas", [self.x0_lambdas], scalar_lr * b, (0.96, 0.95), 0.0),
         ]
-        by_shape = {}
-        for p in self.blocks.parameters():
+        by_shape, names_by_shape = {}, {}
+        for name, p in self.blocks.named_parameters():  # name e.g. "3.attn.c_q.weight"
             by_shape.setdefault(tuple(p.shape), []).append(p)
+            names_by_shape.setdefault(tuple(p.shape), {})[name.split(".", 1)[1].removesuffix(".weight")] = None
         for shape in sorted(by_shape):
             groups.append(
                 {
+                    # e.g. "blocks.*.{attn.c_q, attn.c_proj}.weight (768, 768)": the matrices of one shape
+                    "name": f"blocks.*.{{{', '.join(names_by_shape[shape])}}}.weight {shape}",
                     "kind": "muon",
                     "params": by_shape[shape],
                     "lr": matrix_lr * b,

@@ -8,8 +8,10 @@ What a field does not record is left out, never filled in: no "n/a", no estimate
 - `meta_{step}.json`: model_config, user_config (every flag), hparams (the dial's derived values), batch layout,
   dataloader_state, loop_state (training time of timed steps), metrics (val bpb / CORE per eval step, train loss per
   step), core_results (per task), git; and, when a training script records them: `run_info` (hardware, throughput),
-  `data` (data source), `tokens_seen`, `optimizer` (param groups), `chat_results` (per task) and `chatcore`,
-  `parent` ({"source", "model_tag", "step"}: the checkpoint this stage started from, which builds the lineage).
+  `data` (data source), `tokens_seen`, `optimizer` (param groups), `chat_results` (per task) and `chatcore`
+  (scripts/chat_eval.py), `parent` ({"source", "model_tag", "step"}: the checkpoint this stage started from, which
+  builds the lineage); the post-training stages add `num_iterations`/`num_steps`, `optimizer_config` (the
+  setup_optimizer arguments), `optimizer_source` and `data_position`.
 - `optim_{step}_rank0.pt`: the optimizer's param groups (kind, peak LR, betas / momentum, eps, weight decay) when
   the meta has no `optimizer` entry; names come from GPT.setup_optimizer's group order, used only when the saved
   groups have exactly its layout.
@@ -35,17 +37,24 @@ CONSUMED_KEYS = {
     "step", "format_version", "git", "model_config", "user_config", "hparams", "world_size", "device_batch_size",
     "max_seq_len", "total_batch_size", "grad_accum_steps", "dataloader_state", "loop_state", "rng_state", "val_bpb",
     "metrics", "core_results", "run_info", "data", "tokens_seen", "optimizer", "chat_results", "chatcore", "parent",
-    "stage",
+    "stage", "chat_eval_settings", "num_iterations", "num_steps", "optimizer_config", "optimizer_source",
+    "data_position",
 }  # fmt: skip
 RUN_INFO_LABELS = {
     "device_name": "device",
-    "device_count": "devices",
+    "device_count": "devices (processes)",
+    "device_type": "device type",
+    "dtype": "compute dtype",
+    "attention": "attention kernel",
+    "fp8_layers": "linear layers trained in FP8",
+    "ce_chunk_rows": "loss chunk (tokens; 0 = unchunked)",
     "mean_tok_per_sec": "mean throughput (tokens/s)",
     "mfu_percent": "MFU (%)",
     "mfu_basis": "MFU basis",
     "peak_memory": "peak memory",
     "wall_time_s": "wall time (s)",
 }
+LIST_SHOWN = 6  # longer lists of names (e.g. data files) show their first and last few and the count
 
 
 # -----------------------------------------------------------------------------
@@ -158,6 +167,34 @@ def is_number(v):
 def is_step_series(v):
     """[[step, value], ...] as base_train records val bpb and CORE."""
     return isinstance(v, list) and v and all(isinstance(p, list) and len(p) == 2 and is_number(p[1]) for p in v)
+
+
+def is_step_dict_series(v):
+    """[[step, {name: value}], ...] as chat_sft records its chat evals and chat_rl its pass@k."""
+    return (
+        isinstance(v, list)
+        and v
+        and all(isinstance(p, list) and len(p) == 2 and isinstance(p[1], dict) for p in v)
+        and all(is_number(x) for p in v for x in p[1].values())
+    )
+
+
+def is_record_list(v):
+    """A non-empty list of dicts (e.g. a task mixture): rendered as its own table."""
+    return isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+
+
+def shorten_list(v):
+    """A long list of names as its first and last few and the count; anything else unchanged."""
+    if isinstance(v, list) and len(v) > LIST_SHOWN and all(isinstance(x, str) for x in v):
+        half = LIST_SHOWN // 2
+        return f"{len(v):,} items: {', '.join(v[:half])}, ..., {', '.join(v[-half:])}"
+    return v
+
+
+def records_table(records):
+    header = list(dict.fromkeys(k for r in records for k in r))
+    return table(header, [[r.get(k, "-") for k in header] for r in records])
 
 
 # -----------------------------------------------------------------------------
@@ -403,35 +440,32 @@ def optimizer_rows(record):
         lr = g.get("initial_lr", g.get("lr"))
         rows.append([name, g.get("kind"), g.get("num_tensors", ""), lr, betas, g.get("eps", "-"),
                      g.get("weight_decay")])  # fmt: skip
-    note = (
-        "Read from the rank-0 optimizer file of the checkpoint: peak LR is the group's initial_lr; Muon momentum "
-        "and weight decay follow the schedules below, shown at the checkpoint's step."
-        if from_file
-        else None
-    )
+    if from_file:
+        note = (
+            "Read from the rank-0 optimizer file of the checkpoint: peak LR is the group's initial_lr; Muon momentum "
+            "and weight decay follow the schedules below, shown at the checkpoint's step."
+        )
+    else:
+        scheduled = list(dict.fromkeys(k for g in groups for k in g.get("scheduled", []) if k != "lr"))
+        note = "Peak LR is the group's initial_lr; the training loop scales it every step (LR multiplier)"
+        if scheduled:
+            verb = "follows a schedule" if len(scheduled) == 1 else "follow schedules"
+            note += f"; {' and '.join(scheduled)} {verb} too, shown at the checkpoint's step"
+        note += "."
     return rows, note
 
 
 def group_names(model_config, groups):
-    """Names of GPT.setup_optimizer's groups, if the saved groups have exactly its layout (kinds and sizes)."""
+    """GPT.setup_optimizer's group names, if the saved groups have exactly its layout (kinds and sizes)."""
     with torch.device("meta"):
         model = gpt.GPT(gpt.GPTConfig(**model_config))
-    names_by_param = {id(p): n for n, p in model.named_parameters()}
     reference = model.setup_optimizer().param_groups
     if len(reference) != len(groups):
         return None
-    names = []
     for ref, g in zip(reference, groups):
         if ref["kind"] != g.get("kind") or ("num_tensors" in g and len(ref["params"]) != g["num_tensors"]):
             return None
-        pnames = [names_by_param[id(p)] for p in ref["params"]]
-        if ref["kind"] == "muon":  # e.g. "blocks.*.attn.c_q, attn.c_k: 8 x (768, 768)"
-            suffixes = list(dict.fromkeys(n.split(".", 2)[2].removesuffix(".weight") for n in pnames))  # -> "attn.c_q"
-            shape = tuple(ref["params"][0].shape)
-            names.append(f"blocks.*.{', '.join(suffixes)}: {len(pnames)} x {shape}")
-        else:
-            names.append(pnames[0] if len(pnames) == 1 else f"{pnames[0].split('.')[0]} ({len(pnames)} tensors)")
-    return names
+    return [ref["name"] for ref in reference]
 
 
 def dataloader_rows(states):
@@ -466,7 +500,7 @@ def training_section(index, record):
 
     # batch, optimizer and schedules
     batch = [(k, meta[k]) for k in ("total_batch_size", "device_batch_size", "grad_accum_steps", "world_size",
-                                    "max_seq_len") if k in meta]  # fmt: skip
+                                    "max_seq_len", "num_iterations", "num_steps") if k in meta]  # fmt: skip
     if batch:
         lines += ["#### Batch", ""]
         lines += table(["", ""], [[label_of(k), v] for k, v in batch])
@@ -477,20 +511,29 @@ def training_section(index, record):
         lines += table(["group", "optimizer", "tensors", "peak LR", "betas / momentum", "eps", "weight decay"], rows)
         if note:
             lines += [note, ""]
+    if isinstance(meta.get("optimizer_config"), dict):
+        lines += [f"GPT.setup_optimizer arguments: {fmt(meta['optimizer_config'])}.", ""]
+    if meta.get("optimizer_source"):
+        lines += [f"Optimizer state (moments) at the start: {meta['optimizer_source']}.", ""]
     lines += schedule_lines(meta.get("hparams"))
 
     # data
     data_lines = []
     if meta.get("data"):
-        data = meta["data"]
-        data_lines += table(["", ""], list(data.items()) if isinstance(data, dict) else [["source", data]])
+        data = meta["data"] if isinstance(meta["data"], dict) else {"source": meta["data"]}
+        data_lines += table(["", ""], [[k, shorten_list(v)] for k, v in data.items() if not is_record_list(v)])
+        for k, v in data.items():
+            if is_record_list(v):
+                data_lines += [f"{k}:", ""] + records_table(v)
+    if isinstance(meta.get("data_position"), dict):
+        data_lines += table(["data position", ""], list(meta["data_position"].items()))
     tokens = tokens_seen(record)
     if tokens:
         data_lines += [f"Tokens seen: {fmt(tokens[0])} ({tokens[1]}).", ""]
     states = meta.get("dataloader_state")
     if isinstance(states, dict):
         states = [states]
-    if states:
+    if states and all("file_idx" in s for s in states):  # PretrainLoader
         data_lines += [
             (
                 f"Dataloader state at this step ({len(states)} slice(s) of the stream; `file_idx`/`rg_idx` = next "
@@ -500,6 +543,16 @@ def training_section(index, record):
         ]
         header = ["slice", "split", "epoch", "file_idx", "rg_idx", "files", "rows", "tokens used", "tokens cropped"]
         data_lines += table(header, dataloader_rows(states))
+    elif states:  # another loader (ChatLoader): its scalar fields as they are
+        keys = list(dict.fromkeys(k for s in states for k, v in s.items() if k != "version" and is_number(v)))
+        data_lines += [
+            (
+                f"Dataloader state at this step ({len(states)} slice(s) of the conversation stream; `cursor` = next "
+                "conversation index, `placed` = conversations packed into rows so far):"
+            ),
+            "",
+        ]
+        data_lines += table(["slice", *keys], [[i] + [s.get(k, "-") for k in keys] for i, s in enumerate(states)])
     if data_lines:
         lines += ["#### Data", ""] + data_lines
 
@@ -509,10 +562,10 @@ def training_section(index, record):
     for k, v in run.items():
         hw.append([RUN_INFO_LABELS.get(k, k), v])
     uc = meta.get("user_config") or {}
-    if "world_size" in meta:
+    if "world_size" in meta and "device_count" not in run:
         hw.append(["processes (world size)", meta["world_size"]])
     for k in ("device_type", "dtype"):
-        if uc.get(k):
+        if uc.get(k) and k not in run:
             hw.append([k, uc[k]])
     loop = meta.get("loop_state") or {}
     if "total_training_time" in loop:
@@ -532,6 +585,8 @@ def label_of(key):
         "grad_accum_steps": "gradient accumulation steps",
         "world_size": "processes",
         "max_seq_len": "sequence length (tokens)",
+        "num_iterations": "optimizer steps planned (-1: one epoch of the mixture)",
+        "num_steps": "optimizer steps planned",
     }.get(key, key)
 
 
@@ -578,12 +633,16 @@ def metrics_lines(meta):
     if is_number(meta.get("val_bpb")):
         rows.append(["val bpb (bits per byte, last evaluation)", meta["val_bpb"]])
     metrics = meta.get("metrics") or {}
-    series = {}
+    series, dict_series = {}, {}
     for name, value in metrics.items():
         if is_number(value):
             rows.append([name, value])
         elif is_step_series(value):
             series[name] = value
+        elif is_step_dict_series(value):
+            dict_series[name] = value
+            step, last = value[-1]
+            rows += [[f"{name}: {k} (at step {fmt(step)})", v] for k, v in last.items()]
         elif isinstance(value, list) and value and all(is_number(v) for v in value):
             rows.append([f"{name} (last of {len(value):,} steps)", value[-1]])
             rows.append([f"{name} (min over steps)", min(value)])
@@ -601,6 +660,11 @@ def metrics_lines(meta):
         lines += ["#### Metrics", ""] + table(["metric", "value"], rows)
     for name, value in series.items():
         lines += [f"{name} by step:", ""] + table(["step", name], value)
+    for name, value in dict_series.items():
+        keys = list(dict.fromkeys(k for _, d in value for k in d))
+        lines += [f"{name} by step:", ""] + table(
+            ["step", *keys], [[s] + [d.get(k, "-") for k in keys] for s, d in value]
+        )
     core = meta.get("core_results")
     if isinstance(core, dict) and core.get("results"):
         lines += [f"CORE per task (CORE = {core['core']:.4f}, the mean of the centered accuracies):", ""]
@@ -617,6 +681,9 @@ def metrics_lines(meta):
             else:
                 rows.append([task, r, "-", "-"])
         lines += table(["task", "accuracy", "centered", "examples"], rows)
+        settings = meta.get("chat_eval_settings")
+        if isinstance(settings, dict):
+            lines += [f"Chat evaluation settings (scripts/chat_eval.py, latest run): {fmt(settings)}.", ""]
     return lines
 
 

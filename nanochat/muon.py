@@ -325,3 +325,31 @@ class MuonAdamW(torch.optim.Optimizer):
         for index, saved_state in state_dict["state"].items():
             p = index_to_param[index]
             self.state[p] = {k: v.to(p.device, copy=True) if torch.is_tensor(v) else v for k, v in saved_state.items()}
+
+
+# -----------------------------------------------------------------------------
+# Description (checkpoint metadata, model cards)
+
+
+def describe_param_groups(optimizer, scheduled=None):
+    """
+    One JSON-able dict per param group: name, kind, peak LR (initial_lr), betas + eps (AdamW) or momentum + beta2
+    (Muon), weight decay, tensor and element counts. Values are the group's at the time of the call; `scheduled`
+    maps a group kind to the settings the training loop changes every step (e.g. {"adamw": ("lr",), "muon": ("lr",
+    "momentum")}), listed on each group of that kind.
+    """
+
+    def plain(v):
+        return v.item() if torch.is_tensor(v) else list(v) if isinstance(v, tuple) else v
+
+    described = []
+    for i, group in enumerate(optimizer.param_groups):
+        d = {"name": group.get("name", f"group {i}"), "kind": group["kind"], "initial_lr": plain(group["initial_lr"])}
+        keys = ("betas", "eps") if group["kind"] == "adamw" else ("momentum", "beta2")
+        d.update({k: plain(group[k]) for k in (*keys, "weight_decay")})
+        d["num_tensors"] = len(group["params"])
+        d["num_params"] = sum(p.numel() for p in group["params"])
+        if (scheduled or {}).get(group["kind"]):
+            d["scheduled"] = list(scheduled[group["kind"]])
+        described.append(d)
+    return described

@@ -13,6 +13,8 @@ One GPU:
     torchrun --standalone --nproc_per_node=8 -m scripts.base_train -- --depth 24 --run d24
 Resume the last checkpoint of a run (same world size, device batch and total batch):
     python -m scripts.base_train --depth 12 --save-every 500 --resume-from-step latest
+FP8 matmuls (CUDA sm89+, compiled; evaluation and sampling run in bf16, see nanochat/fp8.py):
+    python -m scripts.base_train --depth 20 --fp8
 
 Data: every micro-batch of a step comes from its own slice of the data stream (PretrainLoader with
 rank = micro-batch index, world_size = micro-batches per step), so the tokens a step trains on depend on the
@@ -20,10 +22,10 @@ total and device batch only, not on how many processes share the work.
 """
 
 import argparse
+import contextlib
 import gc
 import math
 import os
-import resource
 import time
 
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation (nanochat.md 12.5)
@@ -43,6 +45,7 @@ from nanochat.common import (
     autodetect_device_type,
     compute_cleanup,
     compute_init,
+    describe_hardware,
     estimate_cpu_peak_flops,
     get_base_dir,
     get_device_name,
@@ -51,11 +54,16 @@ from nanochat.common import (
     print0,
 )
 from nanochat.dataloader import PretrainLoader
+from nanochat.dataset import DATASETS, SAMPLE_DATA_DIR, get_data_dir, list_parquet_files
 from nanochat.dial import derive_hparams, format_hparams_table, lr_multiplier, muon_momentum, muon_weight_decay
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.fp8 import convert_to_fp8, fp8_disabled, fp8_unsupported_reason
+from nanochat.gpt import CE_CHUNK_ROWS, GPT, GPTConfig, get_attention_backend
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.muon import describe_param_groups
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
+
+script_start = time.time()  # wall time of the run counts from here (imports excluded)
 
 # -----------------------------------------------------------------------------
 # Arguments
@@ -67,6 +75,10 @@ parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mp
 parser.add_argument("--dtype", type=str, default="", help="bfloat16 | float32 (default: bf16 on CUDA, fp32 else)")
 parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
 parser.add_argument("--seed", type=int, default=42, help="seed of the global generators (model init)")
+parser.add_argument("--fp8", action="store_true", help="FP8 (tensorwise e4m3/e5m2) block and head matmuls, CUDA sm89+")
+parser.add_argument(
+    "--ce-chunk-rows", type=int, default=CE_CHUNK_ROWS, help="loss over chunks of this many tokens (0: unchunked)"
+)
 # model
 parser.add_argument("--depth", type=int, default=20, help="number of transformer layers: the dial")
 parser.add_argument("--aspect-ratio", type=int, default=64, help="model width per layer, in channels")
@@ -117,7 +129,9 @@ synchronize = torch.cuda.synchronize if device_type == "cuda" else (lambda: None
 
 if device_type == "cuda":
     peak_flops = get_peak_flops(get_device_name(device))
-    peak_note = f"{get_device_name(device)} dense bf16 peak" if peak_flops else "unknown GPU: no MFU"
+    peak_note = f"{get_device_name(device)} dense bf16 peak"
+    if not peak_flops:
+        peak_note = f"no MFU: {get_device_name(device)} has no peak FLOP/s entry in nanochat/common.py"
 else:
     # CPUs have no datasheet peak our kernels can approach: MFU is relative to a measured GEMM rate
     peak_flops = estimate_cpu_peak_flops()
@@ -166,7 +180,17 @@ with torch.device("meta"):
     orig_model = GPT(GPTConfig(**h.model_config))  # shapes only; memory comes with to_empty
 orig_model.to_empty(device=device)
 orig_model.init_weights()
+assert args.ce_chunk_rows >= 0, f"--ce-chunk-rows must be >= 0 (0: unchunked), got {args.ce_chunk_rows}"
+orig_model.ce_chunk_rows = args.ce_chunk_rows
+num_fp8_layers = 0
+if args.fp8:
+    reason = fp8_unsupported_reason(device)
+    assert reason is None, f"--fp8 cannot run here: {reason}"
+    num_fp8_layers = len(convert_to_fp8(orig_model))  # the same Parameters: optimizer and checkpoints unchanged
+    print0(f"fp8: {num_fp8_layers} linear layers run tensorwise-scaled FP8 in training (bf16 in eval and sampling)")
 model = torch.compile(orig_model, dynamic=False) if use_compile else orig_model
+# evaluation and sampling run the converted layers in the compute dtype: the numbers are those of the bf16 model
+eval_precision = (lambda: fp8_disabled(orig_model)) if args.fp8 else contextlib.nullcontext
 
 
 def fits_in_memory(B):
@@ -263,6 +287,16 @@ assert eval_batches_per_slice >= 1, (
 )
 eval_steps = eval_batches_per_slice * grad_accum_steps  # batches per process
 
+# what the checkpoint meta records of the data (the loaders read get_data_dir(): last file = validation)
+data_dir = get_data_dir()
+data_files = [os.path.basename(p) for p in list_parquet_files(data_dir)]
+if os.path.abspath(data_dir) == os.path.abspath(SAMPLE_DATA_DIR):
+    dataset_name = "embedded sample of real English text (nanochat/data/sample_shards)"
+else:
+    folder = os.path.basename(os.path.normpath(data_dir))
+    dataset_name = next((name for name, (_, _, sub) in DATASETS.items() if sub == folder), f"parquet folder {folder}")
+data_info = {"dataset": dataset_name, "data_dir": data_dir, "train_files": data_files[:-1], "val_file": data_files[-1]}
+
 # -----------------------------------------------------------------------------
 # Checkpoints and resume
 
@@ -272,6 +306,7 @@ start_step = 0
 # loop state: everything besides model, optimizer, data and RNG that a resumed run must continue
 smooth_train_loss = 0.0  # EMA of the train loss (debiased when printed)
 total_training_time = 0.0  # seconds of timed steps, earlier runs of a resumed training included
+wall_time_before = 0.0  # wall seconds of the earlier processes of a resumed run, up to their checkpoint
 timed_steps, timed_time = 0, 0.0  # timed steps and their seconds in this process
 metrics = {"train_loss": [], "val_bpb": [], "core": []}  # train_loss per step; [step, value] pairs otherwise
 core_results = None
@@ -292,6 +327,7 @@ if args.resume_from_step:
     loop = meta["loop_state"]
     smooth_train_loss, total_training_time = loop["smooth_train_loss"], loop["total_training_time"]
     metrics, core_results = meta["metrics"], meta.get("core_results")
+    wall_time_before = meta.get("run_info", {}).get("wall_time_s", 0.0)  # checkpoints from before run_info: 0
     start_step = resume_step
     del model_state, optim_state
     print0(f"resumed from {checkpoint_dir} step {resume_step}")
@@ -319,16 +355,33 @@ def save(step, rng_state, first_loader_state):
         "val_bpb": metrics["val_bpb"][-1][1] if metrics["val_bpb"] else None,
         "metrics": metrics,
         "core_results": core_results,
-        "run_info": {"device_name": get_device_name(device), "mfu_basis": peak_note, **throughput()},
+        "data": data_info,
+        "tokens_seen": step * total_batch_size,
+        "optimizer": describe_param_groups(
+            optimizer, scheduled={"adamw": ("lr",), "muon": ("lr", "momentum", "weight_decay")}
+        ),
+        "run_info": run_info(),
     }
     save_checkpoint(checkpoint_dir, step, orig_model.state_dict(), optimizer.state_dict(), meta, rank=rank)
 
 
-def throughput():
-    """Mean tok/s and MFU % over this process's timed steps (None before the first one, or with no known peak)."""
+def run_info():
+    """
+    What is known of the run so far: hardware, kernels, wall time, peak memory, and mean tok/s and MFU % over this
+    process's timed steps (None before the first one, or with no known peak).
+    """
     tok_per_sec = total_batch_size * timed_steps / timed_time if timed_steps else None
     mfu = 100 * tok_per_sec * h.flops_per_token / (peak_flops * world_size) if tok_per_sec and peak_flops else None
-    return {"mean_tok_per_sec": tok_per_sec, "mfu_percent": mfu}
+    return {
+        **describe_hardware(device, world_size, orig_model.compute_dtype),
+        "attention": get_attention_backend(device, orig_model.compute_dtype),
+        "fp8_layers": num_fp8_layers,
+        "ce_chunk_rows": orig_model.ce_chunk_rows,
+        "wall_time_s": wall_time_before + time.time() - script_start,
+        "mean_tok_per_sec": tok_per_sec,
+        "mfu_percent": mfu,
+        "mfu_basis": peak_note,
+    }
 
 
 # -----------------------------------------------------------------------------
@@ -378,7 +431,8 @@ while True:
     if last_step or (args.eval_every > 0 and step % args.eval_every == 0):
         model.eval()
         # val loaders are rebuilt every time: val bpb is always measured on the same leading tokens of the val split
-        val_bpb = evaluate_bpb(model, round_robin(build_loaders("val")), eval_steps, token_bytes)
+        with eval_precision():
+            val_bpb = evaluate_bpb(model, round_robin(build_loaders("val")), eval_steps, token_bytes)
         model.train()
         if not metrics["val_bpb"] or metrics["val_bpb"][-1][0] != step:  # a resumed run re-evaluates its first step
             metrics["val_bpb"].append([step, val_bpb])
@@ -390,7 +444,8 @@ while True:
         from nanochat.core_eval import evaluate_core  # imported when used: it pulls in the eval bundle machinery
 
         orig_model.eval()
-        core_results = evaluate_core(orig_model, tokenizer, device, max_per_task=args.core_metric_max_per_task)
+        with eval_precision():
+            core_results = evaluate_core(orig_model, tokenizer, device, max_per_task=args.core_metric_max_per_task)
         orig_model.train()
         if not metrics["core"] or metrics["core"][-1][0] != step:
             metrics["core"].append([step, core_results["core"]])
@@ -400,10 +455,11 @@ while True:
     # samples (rank 0 only, from the uncompiled model: generate() runs variable-length forwards)
     if is_master and args.sample_every > 0 and (last_step or (step > 0 and step % args.sample_every == 0)):
         orig_model.eval()
-        for prompt in SAMPLE_PROMPTS:
-            ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-            out = list(orig_model.generate(ids, max_tokens=16, temperature=0))
-            print0(f"sample: {tokenizer.decode(ids[1:] + out)!r}")
+        with eval_precision():
+            for prompt in SAMPLE_PROMPTS:
+                ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+                out = list(orig_model.generate(ids, max_tokens=16, temperature=0))
+                print0(f"sample: {tokenizer.decode(ids[1:] + out)!r}")
         orig_model.train()
 
     # checkpoint
@@ -481,15 +537,15 @@ while True:
 # -----------------------------------------------------------------------------
 # Summary
 
-if device_type == "cuda":
-    peak_memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
-else:
-    peak_memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU max RSS)"
+final_run_info = run_info()
+peak_memory, wall_time = final_run_info["peak_memory"], final_run_info["wall_time_s"]
 min_val_bpb = min((v for _, v in metrics["val_bpb"]), default=float("nan"))
-run_info = throughput()
 print0(f"peak memory: {peak_memory}")
-print0(f"training time: {format_seconds(total_training_time)} over {timed_steps} timed steps")
-tok_per_sec, mfu = run_info["mean_tok_per_sec"] or 0, run_info["mfu_percent"] or 0
+print0(
+    f"training time: {format_seconds(total_training_time)} over {timed_steps} timed steps | "
+    f"wall time: {format_seconds(wall_time)}"
+)
+tok_per_sec, mfu = final_run_info["mean_tok_per_sec"] or 0, final_run_info["mfu_percent"] or 0
 print0(f"mean tok/s: {tok_per_sec:,.0f} | MFU {mfu:.2f}% | min val bpb: {min_val_bpb:.6f}")
 get_report().log(
     section="Base model training",
@@ -511,10 +567,11 @@ get_report().log(
             "min val bpb": min_val_bpb,
             "final val bpb": metrics["val_bpb"][-1][1] if metrics["val_bpb"] else None,
             "CORE": core_results["core"] if core_results else None,
-            "mean tok/s": run_info["mean_tok_per_sec"],
-            "MFU %": run_info["mfu_percent"],
+            "mean tok/s": final_run_info["mean_tok_per_sec"],
+            "MFU %": final_run_info["mfu_percent"],
             "MFU basis": peak_note,
             "training time (s)": total_training_time,
+            "wall time (s)": wall_time,
             "peak memory": peak_memory,
         },
     ],

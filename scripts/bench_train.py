@@ -6,6 +6,11 @@ CPU (fp32, eager):
     python -m scripts.bench_train --depths 2,4,6 --seq-len 256 --vocab-size 8192
 One GPU (bf16, torch.compile; the issue's target is MFU >= 50% at d20 on one H100):
     python -m scripts.bench_train --depths 4,8,12,20
+The kernels base_train can choose, one at a time (FP8 needs CUDA sm89+; the chunked loss trades one more lm_head
+forward for memory; SDPA instead of FlashAttention-3 on Hopper):
+    python -m scripts.bench_train --depths 20 --fp8
+    python -m scripts.bench_train --depths 20 --ce-chunk-rows 0
+    python -m scripts.bench_train --depths 20 --attention sdpa
 
 MFU is against the device's dense bf16 datasheet peak on CUDA and against a measured fp32 GEMM rate on CPU.
 FLOPs per token are GPT.estimate_flops() (6 x matmul params + attention), the same count base_train uses.
@@ -20,6 +25,7 @@ os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
 import torch
 
+from nanochat import gpt
 from nanochat.common import (
     autodetect_device_type,
     compute_init,
@@ -29,6 +35,7 @@ from nanochat.common import (
     print0,
 )
 from nanochat.dial import derive_hparams
+from nanochat.fp8 import convert_to_fp8, fp8_unsupported_reason
 from nanochat.gpt import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -47,7 +54,20 @@ parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps f
 parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (CUDA: on)")
 parser.add_argument("--dtype", type=str, default="", help="bfloat16 | float32 (default: bf16 on CUDA, fp32 else)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (default: autodetect)")
+parser.add_argument("--fp8", action="store_true", help="FP8 (tensorwise e4m3/e5m2) block and head matmuls, CUDA sm89+")
+parser.add_argument(
+    "--ce-chunk-rows", type=int, default=gpt.CE_CHUNK_ROWS, help="loss over chunks of this many tokens (0: unchunked)"
+)
+parser.add_argument(
+    "--attention",
+    type=str,
+    default="auto",
+    choices=["auto", "fa3", "sdpa"],
+    help="attention kernel (auto: FA3 on Hopper)",
+)
 args = parser.parse_args()
+assert args.ce_chunk_rows >= 0, f"--ce-chunk-rows must be >= 0 (0: unchunked), got {args.ce_chunk_rows}"
+gpt.ATTENTION_BACKEND = None if args.attention == "auto" else args.attention  # read when the models are built
 
 # -----------------------------------------------------------------------------
 # Compute init
@@ -66,7 +86,11 @@ if is_cuda:
 else:
     peak_flops = estimate_cpu_peak_flops()
     peak_note = f"measured fp32 1024^2 GEMM rate {peak_flops / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+if args.fp8:
+    reason = fp8_unsupported_reason(device)
+    assert reason is None, f"--fp8 cannot run here: {reason}"
 print0(f"device: {get_device_name(device)} | compile: {use_compile} | MFU vs {peak_note}")
+print0(f"fp8: {args.fp8} | ce chunk rows: {args.ce_chunk_rows or 'off'} | attention: {args.attention}")
 
 
 def synchronize():
@@ -90,6 +114,9 @@ def bench(depth, B):
         orig_model = GPT(GPTConfig(**h.model_config))
     orig_model.to_empty(device=device)
     orig_model.init_weights()
+    orig_model.ce_chunk_rows = args.ce_chunk_rows
+    if args.fp8:
+        convert_to_fp8(orig_model)
     model = torch.compile(orig_model, dynamic=False) if use_compile else orig_model
     optimizer = orig_model.setup_optimizer(weight_decay=h.weight_decay, batch_lr_scale=h.batch_lr_scale)
     x = torch.randint(0, args.vocab_size, (B, args.seq_len), device=device)
@@ -144,7 +171,10 @@ for depth in [int(d) for d in args.depths.split(",")]:
 # Table
 
 memory_kind = "CUDA max allocated" if is_cuda else "CPU max RSS of the process so far"
-print0(f"\ncompute dtype {compute_dtype} | compile {use_compile} | peak memory = {memory_kind}")
+print0(
+    f"\ncompute dtype {compute_dtype} | compile {use_compile} | fp8 {args.fp8} | ce chunk rows "
+    f"{args.ce_chunk_rows or 'off'} | attention {args.attention} | peak memory = {memory_kind}"
+)
 header = f"{'depth':>5} {'params':>9} {'batch':>5} {'seq':>5} {'tok/s':>11} {'MFU %':>6} {'peak mem':>9} {'ms/step':>9}"
 print0(header)
 print0("-" * len(header))

@@ -3,7 +3,9 @@ Evaluate a chat model (mid, sft or rl) on ARC-Easy, ARC-Challenge and MMLU (cate
 letters, batched) and GSM8K, HumanEval and SpellingBee (generative, through the Engine; pass@k with -n samples).
 ChatCORE = mean over the six tasks of the accuracy centered on its random baseline (0.25 for the 4-choice tasks, 0
 for the generative ones); it is only reported when all six ran. Results go to <base>/chat_eval/ (CSV and JSON), into
-the checkpoint's meta file ("chat_eval", rewritten atomically) and into the report ("Chat evaluation <source>").
+the checkpoint's meta file (rewritten atomically: "chat_results" = {task: {"accuracy", "centered", "baseline", "n",
+"seconds"}}, merged with earlier runs; "chatcore"; "chat_eval_settings"; nanochat/model_card.py reads them) and into
+the report ("Chat evaluation <source>").
 
 CPU (the tiny task fixtures shipped in the repo):
     NANOCHAT_TASK_DIR=nanochat/data/tasks python -m scripts.chat_eval -i sft -m 128
@@ -69,11 +71,13 @@ generation = {
     "top_k": args.top_k or None,
     "seed": args.seed,
 }
-results, seconds = {}, {}
+results, seconds, counts = {}, {}, {}
 for name in task_names:
     t0 = time.perf_counter()
     print0(f"{name}: evaluating...")
-    results[name] = run_chat_eval(name, model, tokenizer, args.batch_size, args.max_problems, **generation)
+    results[name], counts[name] = run_chat_eval(
+        name, model, tokenizer, args.batch_size, args.max_problems, **generation
+    )
     seconds[name] = time.perf_counter() - t0
     print0(
         f"{name}: accuracy {results[name]:.4f} (centered {centered(name, results[name]):+.4f}) in {seconds[name]:.1f}s"
@@ -111,11 +115,18 @@ if rank == 0:
             writer.writerow(["ChatCORE", "", f"{results['ChatCORE']:.6f}", "", ""])
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"settings": settings, "results": results, "seconds": seconds}, f, indent=2)
-    # the checkpoint carries its own scores: merge into its meta (other tasks' earlier results are kept)
+    # the checkpoint carries its own scores: merge into its meta (other tasks' earlier results are kept). ChatCORE is
+    # written by a run of all six tasks; a partial run removes an older one, which no longer matches chat_results.
     meta = read_meta(ckpt_dir, step)
-    chat_eval = meta.get("chat_eval", {})
-    chat_eval.update({"settings": settings, "results": {**chat_eval.get("results", {}), **results}})
-    meta["chat_eval"] = chat_eval
+    chat_results = meta.get("chat_results", {})
+    for name in task_names:
+        chat_results[name] = {"accuracy": results[name], "centered": centered(name, results[name]),
+                              "baseline": BASELINES[name], "n": counts[name], "seconds": seconds[name]}  # fmt: skip
+    meta["chat_results"] = chat_results
+    meta.pop("chatcore", None)
+    if all_ran:
+        meta["chatcore"] = results["ChatCORE"]
+    meta["chat_eval_settings"] = settings  # of the latest run
     atomic_write(meta_path(ckpt_dir, step), lambda f: json.dump(meta, f, indent=2), binary=False)
     print0(f"results written to {stem}.csv/.json and {meta_path(ckpt_dir, step)}")
 get_report().log(section=f"Chat evaluation {args.source}", data=[settings, results])

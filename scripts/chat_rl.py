@@ -24,7 +24,6 @@ Saves model + optimizer + meta to <base>/chatrl_checkpoints/<tag>/ (tag: --model
 import argparse
 import os
 import random
-import resource
 import time
 
 import torch
@@ -32,6 +31,8 @@ import torch.distributed as dist
 
 from nanochat.chat_data import (
     LR_KEYS,
+    describe_task_source,
+    describe_tasks,
     generative_outcomes,
     inherited_optimizer_config,
     pass_at_k,
@@ -51,10 +52,22 @@ from nanochat.checkpoint_manager import (
     save_checkpoint,
     set_rng_state,
 )
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_base_dir, init_wandb, print0
+from nanochat.common import (
+    autodetect_device_type,
+    compute_cleanup,
+    compute_init,
+    describe_hardware,
+    get_base_dir,
+    get_peak_memory,
+    init_wandb,
+    print0,
+)
 from nanochat.engine import FINISHED, Engine
+from nanochat.muon import describe_param_groups
 from nanochat.report import get_report
 from tasks.gsm8k import GSM8K
+
+script_start = time.time()  # wall time of the run counts from here (imports excluded)
 
 # -----------------------------------------------------------------------------
 # Arguments
@@ -132,6 +145,12 @@ order = shuffled_order(len(train_task), args.seed)
 num_steps = args.num_iterations if args.num_iterations > 0 else (len(train_task) // E) * args.num_epochs
 assert num_steps >= 1, f"{len(train_task)} training problems make no step of {E} examples: lower --examples-per-step"
 print0(f"GSM8K train {len(train_task):,} problems | {E} per step x {args.num_samples} samples | {num_steps} steps")
+data_info = {  # for the checkpoint meta and the model card
+    "task_source": describe_task_source(),
+    "train_mixture": describe_tasks(train_task),
+    "eval_task": describe_tasks(val_task),
+    "eval_problems": min(args.eval_examples, len(val_task)) if args.eval_examples >= 0 else len(val_task),
+}
 
 
 def step_problems(step):
@@ -151,6 +170,8 @@ model_tag = args.model_tag or source_tag
 checkpoint_dir = os.path.join(get_base_dir(), PHASE_DIRS["rl"], model_tag)
 start_step = 0
 total_training_time = 0.0
+tokens_seen = 0  # tokens of the sequences trained on (prompts + rollouts), all processes
+wall_time_before = 0.0  # wall seconds of the earlier processes of a resumed run, up to their checkpoint
 metrics = {"reward": [], "loss": [], "gen_tokens": [], "pass_at_k": []}
 resume_step = None
 if args.resume_from_step:
@@ -165,6 +186,8 @@ if args.resume_from_step:
     load_state_into(model, model_state)
     optimizer.load_state_dict(optim_state)
     metrics, total_training_time = meta["metrics"], meta["loop_state"]["total_training_time"]
+    tokens_seen = meta.get("tokens_seen", 0)  # checkpoints from before these fields: counted from here
+    wall_time_before = meta.get("run_info", {}).get("wall_time_s", 0.0)
     set_rng_state(meta["rng_state"])
     start_step = resume_step
     del model_state, optim_state
@@ -175,8 +198,11 @@ def save(step):
     meta = {
         "model_config": model_config,
         "user_config": user_config,
-        "source": {"phase": args.source, "tag": source_tag, "step": source_step},
+        "parent": {"source": args.source, "model_tag": source_tag, "step": source_step},
         "optimizer_config": optimizer_config,
+        "optimizer": describe_param_groups(optimizer, scheduled={"adamw": ("lr",), "muon": ("lr",)}),
+        "data": data_info,
+        "tokens_seen": tokens_seen,
         "num_steps": num_steps,
         "world_size": world_size,
         "max_seq_len": model_config["sequence_len"],
@@ -184,8 +210,19 @@ def save(step):
         "loop_state": {"total_training_time": total_training_time},
         "rng_state": get_rng_state(),
         "metrics": metrics,
+        "run_info": run_info(),
     }
     save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), meta, rank=rank)
+
+
+def run_info():
+    """What is known of the run so far: hardware, wall time, peak memory, mean throughput of the timed steps."""
+    return {
+        **describe_hardware(device, world_size, model.compute_dtype),
+        "wall_time_s": wall_time_before + time.time() - script_start,
+        # tokens trained on per second of whole steps (rollouts, which dominate, included)
+        "mean_tok_per_sec": timed_tokens / timed_time if timed_steps else None,
+    }
 
 
 # -----------------------------------------------------------------------------
@@ -242,7 +279,7 @@ def format_seconds(s):
 # -----------------------------------------------------------------------------
 # Training loop
 
-timed_steps, timed_time = 0, 0.0
+timed_steps, timed_time, timed_tokens = 0, 0.0, 0
 step = start_step
 while True:
     last_step = step == num_steps
@@ -285,7 +322,11 @@ while True:
     model.zero_grad(set_to_none=True)
     dt = time.perf_counter() - t0
 
-    reward_sum, num_rollouts, skipped, loss = sum_over_ranks([sum(rewards), len(rewards), skipped, loss], device)
+    num_tokens = sum(len(sequence) for sequence in sequences)
+    reward_sum, num_rollouts, skipped, loss, num_tokens = sum_over_ranks(
+        [sum(rewards), len(rewards), skipped, loss, num_tokens], device
+    )
+    tokens_seen += int(num_tokens)
     loss /= world_size  # each process's part already carries the factor world_size / (valid tokens of the step)
     mean_reward = reward_sum / max(num_rollouts, 1)
     gen_tokens = num_valid / max(num_rollouts, 1)
@@ -296,6 +337,7 @@ while True:
         total_training_time += dt
         timed_time += dt
         timed_steps += 1
+        timed_tokens += int(num_tokens)
     eta = format_seconds((num_steps - step - 1) * timed_time / timed_steps) if timed_steps else "?"
     note = f" | {int(skipped)} prompts too long, skipped" if skipped else ""
     print0(
@@ -309,13 +351,14 @@ while True:
 # -----------------------------------------------------------------------------
 # Summary
 
-if device_type == "cuda":
-    peak_memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
-else:
-    peak_memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU max RSS)"
+peak_memory = get_peak_memory(device)
 final_pass = metrics["pass_at_k"][-1][1] if metrics["pass_at_k"] else {}
 first_pass = metrics["pass_at_k"][0][1] if metrics["pass_at_k"] else {}
-print0(f"peak memory: {peak_memory} | training time: {format_seconds(total_training_time)}")
+wall_time = wall_time_before + time.time() - script_start
+print0(
+    f"peak memory: {peak_memory} | training time: {format_seconds(total_training_time)} | "
+    f"wall time: {format_seconds(wall_time)} | tokens trained on: {tokens_seen:,}"
+)
 get_report().log(
     section="Chat RL",
     data=[
@@ -328,6 +371,8 @@ get_report().log(
             **{f"first {k}": v for k, v in first_pass.items()},
             **{f"final {k}": v for k, v in final_pass.items()},
             "training time (s)": total_training_time,
+            "wall time (s)": wall_time,
+            "tokens trained on": tokens_seen,
             "peak memory": peak_memory,
         },
     ],

@@ -23,7 +23,6 @@ import argparse
 import gc
 import math
 import os
-import resource
 import time
 
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
@@ -36,6 +35,8 @@ from nanochat.chat_data import (
     LR_KEYS,
     ChatLoader,
     centered,
+    describe_task_source,
+    describe_tasks,
     finetune_momentum,
     inherited_optimizer_config,
     load_optimizer_moments,
@@ -61,16 +62,21 @@ from nanochat.common import (
     autodetect_device_type,
     compute_cleanup,
     compute_init,
+    describe_hardware,
     estimate_cpu_peak_flops,
     get_base_dir,
     get_device_name,
     get_peak_flops,
+    get_peak_memory,
     init_wandb,
     print0,
 )
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.muon import describe_param_groups
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
+
+script_start = time.time()  # wall time of the run counts from here (imports excluded)
 
 CATEGORICAL_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU"]
 
@@ -134,7 +140,9 @@ use_compile = args.compile if args.compile is not None else device_type == "cuda
 synchronize = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
 if device_type == "cuda":
     peak_flops = get_peak_flops(get_device_name(device))
-    peak_note = f"{get_device_name(device)} dense bf16 peak" if peak_flops else "unknown GPU: no MFU"
+    peak_note = f"{get_device_name(device)} dense bf16 peak"
+    if not peak_flops:
+        peak_note = f"no MFU: {get_device_name(device)} has no peak FLOP/s entry in nanochat/common.py"
 else:
     peak_flops = estimate_cpu_peak_flops()
     peak_note = f"measured fp32 1024^2 GEMM rate on this CPU ({peak_flops / 1e9:.0f} GFLOP/s), not a datasheet peak"
@@ -210,6 +218,13 @@ train_task = sft_train_mixture(
 )
 val_task = val_mixture()
 print0(f"train mixture: {len(train_task):,} conversations | val mixture: {len(val_task):,} conversations")
+data_info = {  # for the checkpoint meta and the model card
+    "task_source": describe_task_source(),
+    "train_mixture": describe_tasks(train_task),
+    "train_conversations": len(train_task),
+    "val_mixture": describe_tasks(val_task),
+    "val_conversations": len(val_task),
+}
 
 
 def build_loaders(task):
@@ -253,6 +268,7 @@ checkpoint_dir = os.path.join(get_base_dir(), PHASE_DIRS["sft"], model_tag)
 num_iterations = args.num_iterations
 start_step = 0
 smooth_train_loss, total_training_time = 0.0, 0.0
+wall_time_before = 0.0  # wall seconds of the earlier processes of a resumed run, up to their checkpoint
 metrics = {"train_loss": [], "val_bpb": [], "chat_eval": []}
 resume_step = None
 if args.resume_from_step:
@@ -272,6 +288,7 @@ if args.resume_from_step:
         meta["loop_state"]["total_training_time"],
     )
     metrics, optimizer_source = meta["metrics"], meta["optimizer_source"]
+    wall_time_before = meta.get("run_info", {}).get("wall_time_s", 0.0)  # checkpoints from before run_info: 0
     start_step = resume_step
     del model_state, optim_state
     print0(f"resumed from {checkpoint_dir} step {resume_step}")
@@ -286,9 +303,12 @@ def save(step):
     meta = {
         "model_config": model_config,
         "user_config": user_config,
-        "source": {"phase": args.source, "tag": source_tag, "step": source_step},
+        "parent": {"source": args.source, "model_tag": source_tag, "step": source_step},
         "optimizer_config": optimizer_config,
         "optimizer_source": optimizer_source,
+        "optimizer": describe_param_groups(optimizer, scheduled={"adamw": ("lr",), "muon": ("lr", "momentum")}),
+        "data": data_info,
+        "tokens_seen": step * total_batch_size,  # row tokens, padding included
         "num_iterations": num_iterations,
         "world_size": world_size,
         "device_batch_size": device_batch_size,
@@ -300,8 +320,22 @@ def save(step):
         "rng_state": get_rng_state(),
         "val_bpb": metrics["val_bpb"][-1][1] if metrics["val_bpb"] else None,
         "metrics": metrics,
+        "run_info": run_info(),
     }
     save_checkpoint(checkpoint_dir, step, orig_model.state_dict(), optimizer.state_dict(), meta, rank=rank)
+
+
+def run_info():
+    """What is known of the run so far: hardware, wall time, peak memory, mean throughput of the timed steps."""
+    tok_per_sec = total_batch_size * timed_steps / timed_time if timed_steps else None
+    mfu = 100 * tok_per_sec * flops_per_token / (peak_flops * world_size) if tok_per_sec and peak_flops else None
+    return {
+        **describe_hardware(device, world_size, orig_model.compute_dtype),
+        "wall_time_s": wall_time_before + time.time() - script_start,
+        "mean_tok_per_sec": tok_per_sec,  # row tokens (padding included) per second
+        "mfu_percent": mfu,
+        "mfu_basis": peak_note,
+    }
 
 
 # -----------------------------------------------------------------------------
@@ -350,7 +384,7 @@ while True:
     if args.chat_eval_every > 0 and (last_step or (step > 0 and step % args.chat_eval_every == 0)):
         orig_model.eval()
         results = {
-            name: run_chat_eval(name, orig_model, tokenizer, args.chat_eval_batch_size, args.chat_eval_max_problems)
+            name: run_chat_eval(name, orig_model, tokenizer, args.chat_eval_batch_size, args.chat_eval_max_problems)[0]
             for name in CATEGORICAL_TASKS
         }
         orig_model.train()
@@ -422,16 +456,17 @@ while True:
 # -----------------------------------------------------------------------------
 # Summary
 
-if device_type == "cuda":
-    peak_memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
-else:
-    peak_memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU max RSS)"
+peak_memory = get_peak_memory(device)
 min_val_bpb = min((v for _, v in metrics["val_bpb"]), default=float("nan"))
 pad_fraction = sum(loader.pad_tokens for loader in train_loaders) / max(
     sum(loader.tokens for loader in train_loaders), 1
 )
 final_chat = metrics["chat_eval"][-1][1] if metrics["chat_eval"] else {}
-print0(f"peak memory: {peak_memory} | training time: {format_seconds(total_training_time)}")
+wall_time = wall_time_before + time.time() - script_start
+print0(
+    f"peak memory: {peak_memory} | training time: {format_seconds(total_training_time)} | "
+    f"wall time: {format_seconds(wall_time)}"
+)
 print0(f"min val bpb: {min_val_bpb:.6f} | padding: {100 * pad_fraction:.1f}% of row tokens (this process)")
 get_report().log(
     section="Chat SFT",
@@ -452,6 +487,7 @@ get_report().log(
             "final val bpb": metrics["val_bpb"][-1][1] if metrics["val_bpb"] else None,
             **{f"final {k}": v for k, v in final_chat.items()},
             "training time (s)": total_training_time,
+            "wall time (s)": wall_time,
             "peak memory": peak_memory,
         },
     ],

@@ -29,9 +29,10 @@ def series_tag(series, depth):
 
 
 def collect_row(ckpt_dir, depth):
-    """One CSV row from the final checkpoint of a run, or None when the run has not finished."""
-    step = find_last_step(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-    if step is None:
+    """One CSV row from the final checkpoint of a run, or None when the run has not finished (or not started)."""
+    try:
+        step = find_last_step(ckpt_dir)
+    except FileNotFoundError:  # no directory, or no complete checkpoint in it yet
         return None
     meta = read_meta(ckpt_dir, step)
     h = meta["hparams"]
@@ -127,7 +128,9 @@ def main():
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if bpb_fit:
-        lines.append(f"- val bpb ~ {bpb_fit[0]:.4g} * C^{bpb_fit[1]:.4f} (least squares in log-log over {len(rows)} depths)")
+        lines.append(
+            f"- val bpb ~ {bpb_fit[0]:.4g} * C^{bpb_fit[1]:.4f} (least squares in log-log over {len(rows)} depths)"
+        )
     if core_fit:
         lines.append(f"- CORE ~ {core_fit[0]:.4g} * C^{core_fit[1]:.4f}")
     if missing:

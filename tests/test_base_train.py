@@ -115,6 +115,36 @@ def test_checkpoint_meta_contents(single):
     assert meta["run_info"]["mean_tok_per_sec"] > 0 and "GEMM" in meta["run_info"]["mfu_basis"]
 
 
+def test_checkpoint_meta_describes_data_hardware_and_optimizer(base_dir, single):
+    """Meta has the data files, tokens seen, hardware, wall time, kernels and one entry per optimizer group."""
+    _, meta = single
+    assert meta["data"]["data_dir"] == str(base_dir / "data") and meta["data"]["dataset"] == "parquet folder data"
+    assert meta["data"]["train_files"] == [f"shard_{i:05d}.parquet" for i in range(3)]
+    assert meta["data"]["val_file"] == "shard_00003.parquet"
+    assert meta["tokens_seen"] == STEPS * 128
+    run_info = meta["run_info"]
+    assert run_info["device_count"] == 1 and run_info["device_type"] == "cpu" and run_info["dtype"] == "float32"
+    assert run_info["wall_time_s"] > meta["loop_state"]["total_training_time"] and "GiB" in run_info["peak_memory"]
+    assert run_info["attention"] == "sdpa" and run_info["fp8_layers"] == 0 and run_info["ce_chunk_rows"] == 4096
+    assert meta["user_config"]["fp8"] is False and meta["user_config"]["ce_chunk_rows"] == 4096
+    groups = meta["optimizer"]
+    assert [g["name"] for g in groups[:5]] == ["lm_head.weight", "wte.weight", "value_embeds.*.weight",
+                                               "resid_lambdas", "x0_lambdas"]  # fmt: skip
+    assert {g["kind"] for g in groups[5:]} == {"muon"} and all("momentum" in g for g in groups[5:])
+    assert groups[0]["betas"] == [0.8, 0.96] and groups[0]["scheduled"] == ["lr"]
+    assert groups[-1]["scheduled"] == ["lr", "momentum", "weight_decay"]
+    assert sum(g["num_params"] for g in groups) == meta["hparams"]["num_params"]
+    # an intermediate checkpoint records what was known then
+    mid = read_meta(base_dir, "single", STEPS // 2)
+    assert mid["tokens_seen"] == STEPS // 2 * 128 and 0 < mid["run_info"]["wall_time_s"] < run_info["wall_time_s"]
+
+
+def test_fp8_on_cpu_fails_with_the_reason(base_dir):
+    """--fp8 where FP8 GEMMs cannot run stops at once and says why."""
+    out = run(base_dir, [*COMMON, "--fp8", "--model-tag=fp8"], expect_ok=False)
+    assert out.returncode != 0 and "--fp8 cannot run here: FP8 training needs a CUDA GPU" in out.stderr
+
+
 def test_resume_is_bit_exact(base_dir, single):
     """Resuming the step-4 checkpoint gives the same losses, bit for bit, as the uninterrupted run."""
     _, meta = single

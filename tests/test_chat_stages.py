@@ -100,7 +100,7 @@ def test_mid_train_runs_one_epoch_and_resumes_exactly(base, mid):
     stdout, meta = mid
     steps = meta["step"]
     assert steps > 5 and len(meta["metrics"]["train_loss"]) == steps
-    assert meta["source"] == {"phase": "base", "tag": "tiny", "step": 2}
+    assert meta["parent"] == {"source": "base", "model_tag": "tiny", "step": 2}
     shares = [len(range(s["rank"], s["num_examples"], s["world_size"])) for s in meta["dataloader_state"]]
     progress = [s["placed"] / share for s, share in zip(meta["dataloader_state"], shares)]
     assert max(progress) >= 1.0 > min(progress) - 0.5, progress  # stopped at the end of the first epoch
@@ -122,7 +122,7 @@ def sft(base, mid):
 
 def test_chat_sft_warm_starts_from_mid_and_resumes_exactly(base, sft):
     """SFT loads mid's weights and optimizer state, runs chat evals, and 2 steps + resume + 2 steps == 4 steps."""
-    assert sft["source"]["phase"] == "mid" and sft["optimizer_source"].startswith("mid mid step")
+    assert sft["parent"]["source"] == "mid" and sft["optimizer_source"].startswith("mid mid step")
     assert len(sft["metrics"]["train_loss"]) == 4
     chat_steps = [s for s, _ in sft["metrics"]["chat_eval"]]
     assert chat_steps == [2, 4] and set(sft["metrics"]["chat_eval"][-1][1]) == {
@@ -156,17 +156,67 @@ def test_chat_rl_saves_and_resumes_with_identical_steps(base, rl):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_chat_eval_writes_csv_json_meta_and_report(base, rl):
+@pytest.fixture(scope="module")
+def evaluated(base, rl):
+    """chat_eval on the RL checkpoint (2 problems per task): its stdout."""
+    return run(base, "scripts.chat_eval", ["-i", "rl", "-g", "rl", "-x", "2", "-m", "8", "--device-type=cpu"])
+
+
+def test_chat_eval_writes_csv_json_meta_and_report(base, evaluated):
     """chat_eval scores all six tasks and ChatCORE into the CSV/JSON, the checkpoint meta and the report."""
-    stdout = run(base, "scripts.chat_eval", ["-i", "rl", "-g", "rl", "-x", "2", "-m", "8", "--device-type=cpu"])
     names = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
-    assert "ChatCORE:" in stdout
+    assert "ChatCORE:" in evaluated
     with open(base / "chat_eval" / "rl_rl_000004.json") as f:
         results = json.load(f)["results"]
     assert list(results) == names and all(-1 <= v <= 1 for v in results.values())
     with open(base / "chat_eval" / "rl_rl_000004.csv") as f:
         assert [line.split(",")[0] for line in f.read().splitlines()] == ["Task", *names]
-    assert read_meta(base, "chatrl_checkpoints", "rl", 4)["chat_eval"]["results"] == results
+    meta = read_meta(base, "chatrl_checkpoints", "rl", 4)
+    assert list(meta["chat_results"]) == names[:-1] and meta["chatcore"] == results["ChatCORE"]
+    for name in names[:-1]:
+        r = meta["chat_results"][name]
+        assert (
+            r["accuracy"] == results[name]
+            and r["n"] == 2
+            and r["centered"] == pytest.approx((r["accuracy"] - r["baseline"]) / (1 - r["baseline"]))
+        )
+    assert meta["chat_eval_settings"]["max_problems"] == 2
     with open(base / "report" / "chat-evaluation-rl.json") as f:
         report = json.load(f)
     assert report["section"] == "Chat evaluation rl" and all(report["data"][n] == results[n] for n in names)
+
+
+def test_model_card_from_the_real_stages(base, evaluated):
+    """The metas the scripts write make a full card: base -> mid -> sft -> rl with every recorded field, no filler."""
+    from nanochat.model_card import load_lineage, render_model_card
+
+    rl = read_meta(base, "chatrl_checkpoints", "rl", 4)
+    records = load_lineage("rl", "rl", rl, base_dir=str(base))
+    assert [r["stage"] for r in records] == ["base", "mid", "sft", "rl"]
+    metas = [r["meta"] for r in records]
+    for meta in metas:  # every stage records hardware, time, tokens, optimizer groups and its data
+        run_info = meta["run_info"]
+        assert run_info["device_count"] == 1 and run_info["device_type"] == "cpu" and run_info["dtype"] == "float32"
+        assert run_info["wall_time_s"] > 0 and "GiB" in run_info["peak_memory"] and run_info["device_name"]
+        assert meta["tokens_seen"] > 0 and meta["optimizer"][0]["name"] == "lm_head.weight"
+        assert meta["data"]
+    base_meta = metas[0]
+    assert base_meta["tokens_seen"] == 2 * 512 and base_meta["data"]["val_file"] == "s_2.parquet"
+    assert base_meta["data"]["train_files"] == ["s_0.parquet", "s_1.parquet"]
+    assert [p["model_tag"] for p in (m["parent"] for m in metas[1:])] == ["tiny", "mid", "sft"]
+    assert [t["task"] for t in metas[1]["data"]["train_mixture"]][:3] == ["SmolTalk", "MMLU", "GSM8K"]
+
+    text = render_model_card(records)
+    for word in ("not recorded", "unknown", "likely", "n/a"):
+        assert word not in text.lower(), word
+    assert "## Architecture" in text and "| layers (n_layer) | 2 |" in text
+    assert "| blocks.*.{attn.c_q, attn.c_k, attn.c_v, attn.c_proj}.weight (64, 64) | muon | 8 |" in text
+    assert "train_mixture:" in text and "| SmolTalk |" in text and "s_2.parquet" in text  # data
+    assert (
+        "| devices (processes) | 1 |" in text and "| wall time (s) |" in text and "| compute dtype | float32 |" in text
+    )
+    assert text.count("Tokens seen:") == 4
+    assert "| ChatCORE |" in text and "| GSM8K |" in text and "pass_at_k by step:" in text  # metrics
+    assert "chat_eval by step:" in text and "| val bpb |" in text
+    assert "| None | None |" not in text  # chat loaders' states are shown by their own fields
+    assert "| cursor | buffer_tokens | placed |" in text
