@@ -107,6 +107,17 @@ def describe_task_source():
     return "HuggingFace hub (datasets.load_dataset)"
 
 
+def describe_chat_data(train_task, val_task):
+    """The `data` of a midtraining or SFT checkpoint's meta (and of its model card): task source and mixtures."""
+    return {
+        "task_source": describe_task_source(),
+        "train_mixture": describe_tasks(train_task),
+        "train_conversations": len(train_task),
+        "val_mixture": describe_tasks(val_task),
+        "val_conversations": len(val_task),
+    }
+
+
 # -----------------------------------------------------------------------------
 # The conversation packing loader
 
@@ -261,6 +272,16 @@ class ChatLoader:
         return self.pad_tokens / self.tokens if self.tokens else 0.0
 
 
+def epoch_progress(loaders, device):
+    """Epoch progress of the furthest slice, over all processes (all stop together when one has seen its share)."""
+    progress = max(loader.progress for loader in loaders)
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor(progress, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        progress = t.item()
+    return progress
+
+
 def rollout_batch(sequences, masks, bos):
     """
     RL rollouts (prompt + generated tokens; mask 1 = sampled by the model) -> inputs, targets (B, L) int64 with
@@ -341,6 +362,22 @@ def inherited_optimizer_config(meta):
         return dict(meta["optimizer_config"])
     h = meta["hparams"]
     return {**{k: h[k] for k in LR_KEYS}, "batch_lr_scale": h["batch_lr_scale"]}
+
+
+def stage_optimizer_config(meta, lr_overrides, total_batch_size=None):
+    """
+    A post-training stage's GPT.setup_optimizer arguments: those of the run that wrote `meta`, with each LR of
+    `lr_overrides` (a mapping holding LR_KEYS: the stage's flags, -1 = inherit) that is > 0 in place of the parent's,
+    and the batch LR scale carried over to this stage's `total_batch_size` by the dial's sqrt(batch) rule (None: the
+    parent's scale as it is).
+    """
+    config = inherited_optimizer_config(meta)
+    for key in LR_KEYS:
+        if lr_overrides[key] > 0:
+            config[key] = lr_overrides[key]
+    if total_batch_size is not None:
+        config["batch_lr_scale"] *= math.sqrt(total_batch_size / meta["total_batch_size"])
+    return config
 
 
 def scale_initial_lrs(optimizer, init_lr_frac):

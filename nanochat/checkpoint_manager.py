@@ -208,6 +208,28 @@ def find_largest_model(checkpoints_dir):
 
 
 # -----------------------------------------------------------------------------
+# Dataloader state of the micro-batch slices (process `rank` owns slices rank * A + k, k < A accumulation steps)
+
+
+def gather_slice_states(states):
+    """
+    Every process's list of slice states, concatenated in rank order, which is slice order (identity on one process).
+    Collective under torch.distributed: every rank calls it and gets the whole list.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(states)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, states)
+    return [s for rank_states in gathered for s in rank_states]
+
+
+def restore_slice_states(loaders, slice_states, rank):
+    """Load into this process's loaders (its slices, in order) their states from the list gather_slice_states made."""
+    for k, loader in enumerate(loaders):
+        loader.load_state_dict(slice_states[rank * len(loaders) + k])
+
+
+# -----------------------------------------------------------------------------
 # Rebuilding a model
 
 

@@ -1,7 +1,8 @@
 """
 Shared plumbing: base directory, device and dtype detection, process-group setup for 1 process or
-torchrun, rank-0 printing, a null wandb logger, per-device peak FLOP/s for MFU, seeding, and the hardware part
-(device, dtype, peak memory) of a checkpoint's run_info.
+torchrun, rank-0 printing, a null wandb logger, per-device peak FLOP/s for MFU, seeding, the split of a batch into
+micro-steps, and the hardware (device, dtype, peak memory) and throughput (tok/s, MFU) parts of a checkpoint's
+run_info.
 
 Importing this module does no work; compute_init() does.
 """
@@ -179,6 +180,32 @@ def init_wandb(run_name, project, config, rank=0):
     return wandb.init(project=project, name=run_name, config=config)
 
 
+def format_seconds(s):
+    """Elapsed time and ETAs in the step log line: '4m07s' under an hour, '2h05m' above."""
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# Batch
+
+
+def get_grad_accum_steps(total_batch_size, device_batch_size, T, world_size):
+    """Micro-steps per optimizer step on each process (total batch in tokens, device batch in rows of T tokens)."""
+    tokens_per_micro_step = device_batch_size * T * world_size
+    assert total_batch_size % tokens_per_micro_step == 0, (
+        f"total batch {total_batch_size:,} tokens is not a multiple of device batch {device_batch_size} rows x "
+        f"{T} tokens x {world_size} processes = {tokens_per_micro_step:,} tokens: change --device-batch-size or "
+        f"--total-batch-size"
+    )
+    grad_accum_steps = total_batch_size // tokens_per_micro_step
+    print0(
+        f"batch: {total_batch_size:,} tokens = {device_batch_size} rows x {T} tokens x {world_size} processes x "
+        f"{grad_accum_steps} accumulation steps"
+    )
+    return grad_accum_steps
+
+
 # -----------------------------------------------------------------------------
 # Peak FLOP/s for MFU (dense bf16 tensor-core peaks from vendor datasheets; FP8 is 2x on Hopper/Blackwell)
 
@@ -207,6 +234,24 @@ def get_peak_flops(device_name):
         if key in device_name:
             return flops
     return None
+
+
+def get_mfu_peak(device):
+    """
+    (peak FLOP/s per device, what that peak is) for MFU: the datasheet dense bf16 peak on CUDA (None when the GPU is
+    not in PEAK_BF16_FLOPS), a measured GEMM rate elsewhere.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        peak_flops = get_peak_flops(get_device_name(device))
+        peak_note = f"{get_device_name(device)} dense bf16 peak"
+        if not peak_flops:
+            peak_note = f"no MFU: {get_device_name(device)} has no peak FLOP/s entry in nanochat/common.py"
+    else:
+        # CPUs have no datasheet peak our kernels can approach: MFU is relative to a measured GEMM rate
+        peak_flops = estimate_cpu_peak_flops()
+        peak_note = f"measured fp32 2048^2 GEMM rate on this CPU ({peak_flops / 1e9:.0f} GFLOP/s), not a datasheet peak"
+    return peak_flops, peak_note
 
 
 def get_device_name(device):
@@ -256,19 +301,32 @@ def describe_hardware(device, world_size, dtype):
     }
 
 
+def describe_throughput(tokens, seconds, flops_per_token, peak_flops, world_size, peak_note):
+    """
+    The throughput part of a checkpoint's `run_info`: mean tok/s over `seconds` of timed steps that processed
+    `tokens` (all processes), and the MFU % it gives against `peak_flops` per device; None before the first timed
+    step, or (MFU) with no known peak.
+    """
+    tok_per_sec = tokens / seconds if seconds > 0 else None
+    mfu = 100 * tok_per_sec * flops_per_token / (peak_flops * world_size) if tok_per_sec and peak_flops else None
+    return {"mean_tok_per_sec": tok_per_sec, "mfu_percent": mfu, "mfu_basis": peak_note}
+
+
 def estimate_cpu_peak_flops():
     """
-    A measured stand-in for CPU 'peak': the fp32 matmul rate of a 1024^2 GEMM on all threads.
-    CPUs have no datasheet peak that our kernels can approach, so CPU MFU is relative to this.
+    A measured stand-in for CPU 'peak': the best of 3 timings of a 2048^2 fp32 GEMM on all threads (a big square GEMM
+    is about the best a CPU does; our smaller matmuls get less). CPUs have no datasheet peak our kernels approach, so
+    CPU MFU is relative to this, and it moves with whatever else the machine is running.
     """
     import time
 
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
+    n = 2048
+    gen = torch.Generator().manual_seed(0)  # a private generator: measuring must not shift the model's init
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
         a @ b
-    t0 = time.perf_counter()
-    reps = 5
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

@@ -5,6 +5,9 @@ depend on the vocabulary size, so models with different tokenizers compare.
 
 Targets that stand for no bytes are left out of both sums: special tokens (byte length 0 in the table)
 and ignored positions (target -1).
+
+The training scripts read val batches from each of their micro-batch slices in turn (round_robin), the same number
+from every slice (count_eval_steps), so that val bpb sees the same tokens whatever the number of processes.
 """
 
 import math
@@ -41,3 +44,19 @@ def evaluate_bpb(model, batches, steps, token_bytes):
     if total_bytes == 0:
         return float("inf")
     return total_nats / (math.log(2) * total_bytes)
+
+
+def round_robin(loaders):
+    """Batches from each loader in turn, forever: a process's val batches drawn from all of its slices."""
+    while True:
+        for loader in loaders:
+            yield next(loader)
+
+
+def count_eval_steps(eval_tokens, device_batch_size, T, grad_accum_steps, num_slices):
+    """Val batches per process for about `eval_tokens` tokens: whole batches of rows of T tokens, as many per slice."""
+    eval_batches_per_slice = eval_tokens // (device_batch_size * T * num_slices)
+    assert eval_batches_per_slice >= 1, (
+        f"--eval-tokens {eval_tokens:,} is less than one batch per slice ({device_batch_size * T * num_slices:,})"
+    )
+    return eval_batches_per_slice * grad_accum_steps

@@ -328,6 +328,24 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 # -----------------------------------------------------------------------------
+# Schedules
+
+
+def set_group_hparams(optimizer, lrm, momentum=None, weight_decay=None):
+    """
+    One step of a schedule: every group's lr = its initial_lr * lrm; Muon groups also take `momentum` and
+    `weight_decay` when given (None: left as they are).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lrm
+        if group["kind"] == "muon":
+            if momentum is not None:
+                group["momentum"] = momentum
+            if weight_decay is not None:
+                group["weight_decay"] = weight_decay
+
+
+# -----------------------------------------------------------------------------
 # Description (checkpoint metadata, model cards)
 
 

@@ -35,9 +35,11 @@ import torch.distributed as dist
 
 from nanochat.checkpoint_manager import (
     find_last_step,
+    gather_slice_states,
     get_rng_state,
     load_checkpoint,
     load_state_into,
+    restore_slice_states,
     save_checkpoint,
     set_rng_state,
 )
@@ -46,10 +48,11 @@ from nanochat.common import (
     compute_cleanup,
     compute_init,
     describe_hardware,
-    estimate_cpu_peak_flops,
+    describe_throughput,
+    format_seconds,
     get_base_dir,
-    get_device_name,
-    get_peak_flops,
+    get_grad_accum_steps,
+    get_mfu_peak,
     init_wandb,
     print0,
 )
@@ -58,8 +61,8 @@ from nanochat.dataset import DATASETS, SAMPLE_DATA_DIR, get_data_dir, list_parqu
 from nanochat.dial import derive_hparams, format_hparams_table, lr_multiplier, muon_momentum, muon_weight_decay
 from nanochat.fp8 import convert_to_fp8, fp8_disabled, fp8_unsupported_reason
 from nanochat.gpt import CE_CHUNK_ROWS, GPT, GPTConfig, get_attention_backend
-from nanochat.loss_eval import evaluate_bpb
-from nanochat.muon import describe_param_groups
+from nanochat.loss_eval import count_eval_steps, evaluate_bpb, round_robin
+from nanochat.muon import describe_param_groups, set_group_hparams
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
@@ -126,16 +129,7 @@ is_ddp, rank, local_rank, world_size, device = compute_init(device_type, seed=ar
 is_master = rank == 0
 use_compile = args.compile if args.compile is not None else device_type == "cuda"
 synchronize = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
-
-if device_type == "cuda":
-    peak_flops = get_peak_flops(get_device_name(device))
-    peak_note = f"{get_device_name(device)} dense bf16 peak"
-    if not peak_flops:
-        peak_note = f"no MFU: {get_device_name(device)} has no peak FLOP/s entry in nanochat/common.py"
-else:
-    # CPUs have no datasheet peak our kernels can approach: MFU is relative to a measured GEMM rate
-    peak_flops = estimate_cpu_peak_flops()
-    peak_note = f"measured fp32 1024^2 GEMM rate on this CPU ({peak_flops / 1e9:.0f} GFLOP/s), not a datasheet peak"
+peak_flops, peak_note = get_mfu_peak(device)
 print0(f"device: {device_type} x {world_size} | compile: {use_compile} | MFU vs {peak_note}")
 
 # -----------------------------------------------------------------------------
@@ -234,18 +228,8 @@ else:
         device_batch_size = next(B for B in candidates if B * T <= max(4096, T))  # small: ~4k tokens per micro-step
         how = "CPU default, ~4k tokens"
     print0(f"device batch size: {device_batch_size} rows ({how})")
-tokens_per_micro_step = device_batch_size * T * world_size
-assert total_batch_size % tokens_per_micro_step == 0, (
-    f"total batch {total_batch_size:,} tokens is not a multiple of device batch {device_batch_size} rows x "
-    f"{T} tokens x {world_size} processes = {tokens_per_micro_step:,} tokens: change --device-batch-size or "
-    f"--total-batch-size"
-)
-grad_accum_steps = total_batch_size // tokens_per_micro_step
+grad_accum_steps = get_grad_accum_steps(total_batch_size, device_batch_size, T, world_size)
 num_slices = grad_accum_steps * world_size  # micro-batches per optimizer step, all processes together
-print0(
-    f"batch: {total_batch_size:,} tokens = {device_batch_size} rows x {T} tokens x {world_size} processes x "
-    f"{grad_accum_steps} accumulation steps"
-)
 
 # -----------------------------------------------------------------------------
 # Optimizer
@@ -274,18 +258,8 @@ def build_loaders(split):
     ]
 
 
-def round_robin(loaders):
-    while True:
-        for loader in loaders:
-            yield next(loader)
-
-
 train_loaders = build_loaders("train")
-eval_batches_per_slice = args.eval_tokens // (device_batch_size * T * num_slices)
-assert eval_batches_per_slice >= 1, (
-    f"--eval-tokens {args.eval_tokens:,} is less than one batch per slice ({device_batch_size * T * num_slices:,})"
-)
-eval_steps = eval_batches_per_slice * grad_accum_steps  # batches per process
+eval_steps = count_eval_steps(args.eval_tokens, device_batch_size, T, grad_accum_steps, num_slices)  # per process
 
 # what the checkpoint meta records of the data (the loaders read get_data_dir(): last file = validation)
 data_dir = get_data_dir()
@@ -321,9 +295,7 @@ if args.resume_from_step:
     assert saved == mine, f"checkpoint has (world_size, device batch, total batch, model) = {saved}, run has {mine}"
     load_state_into(orig_model, model_state)
     optimizer.load_state_dict(optim_state)
-    slice_states = meta["dataloader_state"]
-    for k, loader in enumerate(train_loaders):
-        loader.load_state_dict(slice_states[rank * grad_accum_steps + k])
+    restore_slice_states(train_loaders, meta["dataloader_state"], rank)
     loop = meta["loop_state"]
     smooth_train_loss, total_training_time = loop["smooth_train_loss"], loop["total_training_time"]
     metrics, core_results = meta["metrics"], meta.get("core_results")
@@ -335,11 +307,7 @@ if args.resume_from_step:
 
 def save(step, rng_state, first_loader_state):
     # loader 0 has already prefetched the first batch of this step: save its state from before that batch
-    my_states = [first_loader_state] + [loader.state_dict() for loader in train_loaders[1:]]
-    if is_ddp:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, my_states)
-        my_states = [s for states in gathered for s in states]  # in slice order
+    slice_states = gather_slice_states([first_loader_state] + [loader.state_dict() for loader in train_loaders[1:]])
     meta = {
         "model_config": h.model_config,
         "user_config": user_config,
@@ -349,7 +317,7 @@ def save(step, rng_state, first_loader_state):
         "max_seq_len": T,
         "total_batch_size": total_batch_size,
         "grad_accum_steps": grad_accum_steps,
-        "dataloader_state": my_states,
+        "dataloader_state": slice_states,
         "loop_state": {"smooth_train_loss": smooth_train_loss, "total_training_time": total_training_time},
         "rng_state": rng_state,
         "val_bpb": metrics["val_bpb"][-1][1] if metrics["val_bpb"] else None,
@@ -370,17 +338,15 @@ def run_info():
     What is known of the run so far: hardware, kernels, wall time, peak memory, and mean tok/s and MFU % over this
     process's timed steps (None before the first one, or with no known peak).
     """
-    tok_per_sec = total_batch_size * timed_steps / timed_time if timed_steps else None
-    mfu = 100 * tok_per_sec * h.flops_per_token / (peak_flops * world_size) if tok_per_sec and peak_flops else None
     return {
         **describe_hardware(device, world_size, orig_model.compute_dtype),
         "attention": get_attention_backend(device, orig_model.compute_dtype),
         "fp8_layers": num_fp8_layers,
         "ce_chunk_rows": orig_model.ce_chunk_rows,
         "wall_time_s": wall_time_before + time.time() - script_start,
-        "mean_tok_per_sec": tok_per_sec,
-        "mfu_percent": mfu,
-        "mfu_basis": peak_note,
+        **describe_throughput(
+            total_batch_size * timed_steps, timed_time, h.flops_per_token, peak_flops, world_size, peak_note
+        ),
     }
 
 
@@ -392,17 +358,8 @@ def set_hyperparameters(step):
     lrm = lr_multiplier(step, num_iterations, h.warmup_steps, h.warmdown_ratio, h.final_lr_frac)
     momentum = muon_momentum(step, num_iterations, h.warmdown_ratio, h.momentum_warmup_steps)
     weight_decay = muon_weight_decay(step, num_iterations, h.weight_decay)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
-        if group["kind"] == "muon":
-            group["momentum"] = momentum
-            group["weight_decay"] = weight_decay
+    set_group_hparams(optimizer, lrm, momentum, weight_decay)
     return lrm
-
-
-def format_seconds(s):
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 SAMPLE_PROMPTS = [

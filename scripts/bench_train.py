@@ -85,7 +85,7 @@ if is_cuda:
     )
 else:
     peak_flops = estimate_cpu_peak_flops()
-    peak_note = f"measured fp32 1024^2 GEMM rate {peak_flops / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+    peak_note = f"measured fp32 2048^2 GEMM rate {peak_flops / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
 if args.fp8:
     reason = fp8_unsupported_reason(device)
     assert reason is None, f"--fp8 cannot run here: {reason}"

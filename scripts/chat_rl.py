@@ -30,16 +30,15 @@ import torch
 import torch.distributed as dist
 
 from nanochat.chat_data import (
-    LR_KEYS,
     describe_task_source,
     describe_tasks,
     generative_outcomes,
-    inherited_optimizer_config,
     pass_at_k,
     policy_gradient_backward,
     resolve_checkpoint,
     scale_initial_lrs,
     shuffled_order,
+    stage_optimizer_config,
     sum_over_ranks,
 )
 from nanochat.checkpoint_manager import (
@@ -57,13 +56,14 @@ from nanochat.common import (
     compute_cleanup,
     compute_init,
     describe_hardware,
+    format_seconds,
     get_base_dir,
     get_peak_memory,
     init_wandb,
     print0,
 )
 from nanochat.engine import FINISHED, Engine
-from nanochat.muon import describe_param_groups
+from nanochat.muon import describe_param_groups, set_group_hparams
 from nanochat.report import get_report
 from tasks.gsm8k import GSM8K
 
@@ -125,10 +125,7 @@ model_config = source_meta["model_config"]
 engine = Engine(model, tokenizer)  # not compiled: rollouts and training batches have varying lengths
 bos = tokenizer.get_bos_token_id()
 
-optimizer_config = inherited_optimizer_config(source_meta)
-for key in LR_KEYS:
-    if getattr(args, key) > 0:
-        optimizer_config[key] = getattr(args, key)
+optimizer_config = stage_optimizer_config(source_meta, vars(args))  # the source's LRs unless a flag sets one
 optimizer = model.setup_optimizer(**optimizer_config, weight_decay=args.weight_decay)
 scale_initial_lrs(optimizer, args.init_lr_frac)
 print0(f"optimizer: {', '.join(f'{k} {v:g}' for k, v in optimizer_config.items())} | init_lr_frac {args.init_lr_frac}")
@@ -271,11 +268,6 @@ def evaluate_pass_at_k(step):
     wandb_run.log({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
 
 
-def format_seconds(s):
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 # -----------------------------------------------------------------------------
 # Training loop
 
@@ -293,8 +285,7 @@ while True:
 
     t0 = time.perf_counter()
     lrm = 1.0 - step / num_steps
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
+    set_group_hparams(optimizer, lrm)
 
     # rollouts (no gradient), then advantages per group
     sequences, masks, advantages, rewards, skipped = [], [], [], [], 0

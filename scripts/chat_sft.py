@@ -21,7 +21,6 @@ Saves to <base>/chatsft_checkpoints/<tag>/ (tag: --model-tag, else the source mo
 
 import argparse
 import gc
-import math
 import os
 import time
 
@@ -32,29 +31,30 @@ import torch.distributed as dist
 
 from nanochat.chat_data import (
     IDENTITY_FILE,
-    LR_KEYS,
     ChatLoader,
     centered,
-    describe_task_source,
-    describe_tasks,
+    describe_chat_data,
+    epoch_progress,
     finetune_momentum,
-    inherited_optimizer_config,
     load_optimizer_moments,
     progress_lr_multiplier,
     resolve_checkpoint,
     run_chat_eval,
     scale_initial_lrs,
     sft_train_mixture,
+    stage_optimizer_config,
     val_mixture,
 )
 from nanochat.checkpoint_manager import (
     PHASE_DIRS,
     find_last_step,
+    gather_slice_states,
     get_rng_state,
     load_checkpoint,
     load_model,
     load_state_into,
     optim_path,
+    restore_slice_states,
     save_checkpoint,
     set_rng_state,
 )
@@ -63,16 +63,17 @@ from nanochat.common import (
     compute_cleanup,
     compute_init,
     describe_hardware,
-    estimate_cpu_peak_flops,
+    describe_throughput,
+    format_seconds,
     get_base_dir,
-    get_device_name,
-    get_peak_flops,
+    get_grad_accum_steps,
+    get_mfu_peak,
     get_peak_memory,
     init_wandb,
     print0,
 )
-from nanochat.loss_eval import evaluate_bpb
-from nanochat.muon import describe_param_groups
+from nanochat.loss_eval import count_eval_steps, evaluate_bpb, round_robin
+from nanochat.muon import describe_param_groups, set_group_hparams
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
 
@@ -138,14 +139,7 @@ device_type = args.device_type or autodetect_device_type()
 is_ddp, rank, local_rank, world_size, device = compute_init(device_type, seed=args.seed)
 use_compile = args.compile if args.compile is not None else device_type == "cuda"
 synchronize = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
-if device_type == "cuda":
-    peak_flops = get_peak_flops(get_device_name(device))
-    peak_note = f"{get_device_name(device)} dense bf16 peak"
-    if not peak_flops:
-        peak_note = f"no MFU: {get_device_name(device)} has no peak FLOP/s entry in nanochat/common.py"
-else:
-    peak_flops = estimate_cpu_peak_flops()
-    peak_note = f"measured fp32 1024^2 GEMM rate on this CPU ({peak_flops / 1e9:.0f} GFLOP/s), not a datasheet peak"
+peak_flops, peak_note = get_mfu_peak(device)
 print0(f"device: {device_type} x {world_size} | compile: {use_compile} | MFU vs {peak_note}")
 wandb_run = init_wandb(args.run, project="nanochat-sft", config=user_config, rank=rank)
 
@@ -169,26 +163,14 @@ total_batch_size = args.total_batch_size if args.total_batch_size > 0 else sourc
 assert T <= model_config["sequence_len"], (
     f"rows of {T} tokens exceed the model's context {model_config['sequence_len']}"
 )
-tokens_per_micro_step = device_batch_size * T * world_size
-assert total_batch_size % tokens_per_micro_step == 0, (
-    f"total batch {total_batch_size:,} tokens is not a multiple of device batch {device_batch_size} rows x "
-    f"{T} tokens x {world_size} processes = {tokens_per_micro_step:,} tokens"
-)
-grad_accum_steps = total_batch_size // tokens_per_micro_step
-num_slices = grad_accum_steps * world_size
-print0(
-    f"batch: {total_batch_size:,} tokens = {device_batch_size} rows x {T} tokens x {world_size} processes x "
-    f"{grad_accum_steps} accumulation steps"
-)
+grad_accum_steps = get_grad_accum_steps(total_batch_size, device_batch_size, T, world_size)
+num_slices = grad_accum_steps * world_size  # micro-batches per optimizer step, all processes together
 
 # -----------------------------------------------------------------------------
 # Optimizer: this run's learning rates; the source's moments where they were saved by as many processes
 
-optimizer_config = inherited_optimizer_config(source_meta)
-for key in LR_KEYS:
-    if getattr(args, key) > 0:
-        optimizer_config[key] = getattr(args, key)
-optimizer_config["batch_lr_scale"] *= math.sqrt(total_batch_size / source_meta["total_batch_size"])
+# the source run's LRs unless a flag sets one; the dial's sqrt(batch) rule carried over to this stage's batch
+optimizer_config = stage_optimizer_config(source_meta, vars(args), total_batch_size)
 optimizer = orig_model.setup_optimizer(**optimizer_config, weight_decay=args.weight_decay)
 scale_initial_lrs(optimizer, args.init_lr_frac)
 print0(
@@ -218,13 +200,7 @@ train_task = sft_train_mixture(
 )
 val_task = val_mixture()
 print0(f"train mixture: {len(train_task):,} conversations | val mixture: {len(val_task):,} conversations")
-data_info = {  # for the checkpoint meta and the model card
-    "task_source": describe_task_source(),
-    "train_mixture": describe_tasks(train_task),
-    "train_conversations": len(train_task),
-    "val_mixture": describe_tasks(val_task),
-    "val_conversations": len(val_task),
-}
+data_info = describe_chat_data(train_task, val_task)  # for the checkpoint meta and the model card
 
 
 def build_loaders(task):
@@ -236,28 +212,8 @@ def build_loaders(task):
     ]
 
 
-def round_robin(loaders):
-    while True:
-        for loader in loaders:
-            yield next(loader)
-
-
 train_loaders = build_loaders(train_task)
-eval_batches_per_slice = args.eval_tokens // (device_batch_size * T * num_slices)
-assert eval_batches_per_slice >= 1, (
-    f"--eval-tokens {args.eval_tokens:,} is less than one batch per slice ({device_batch_size * T * num_slices:,})"
-)
-eval_steps = eval_batches_per_slice * grad_accum_steps
-
-
-def data_progress():
-    """Epoch progress of the furthest slice, over all processes (all stop together when one has seen its share)."""
-    progress = max(loader.progress for loader in train_loaders)
-    if is_ddp:
-        t = torch.tensor(progress, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        progress = t.item()
-    return progress
+eval_steps = count_eval_steps(args.eval_tokens, device_batch_size, T, grad_accum_steps, num_slices)
 
 
 # -----------------------------------------------------------------------------
@@ -281,8 +237,7 @@ if args.resume_from_step:
     assert saved == mine, f"checkpoint has (world_size, device batch, total batch, model) = {saved}, run has {mine}"
     load_state_into(orig_model, model_state)
     optimizer.load_state_dict(optim_state)
-    for k, loader in enumerate(train_loaders):
-        loader.load_state_dict(meta["dataloader_state"][rank * grad_accum_steps + k])
+    restore_slice_states(train_loaders, meta["dataloader_state"], rank)
     smooth_train_loss, total_training_time = (
         meta["loop_state"]["smooth_train_loss"],
         meta["loop_state"]["total_training_time"],
@@ -295,11 +250,7 @@ if args.resume_from_step:
 
 
 def save(step):
-    slice_states = [loader.state_dict() for loader in train_loaders]
-    if is_ddp:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, slice_states)
-        slice_states = [s for states in gathered for s in states]
+    slice_states = gather_slice_states([loader.state_dict() for loader in train_loaders])
     meta = {
         "model_config": model_config,
         "user_config": user_config,
@@ -327,14 +278,13 @@ def save(step):
 
 def run_info():
     """What is known of the run so far: hardware, wall time, peak memory, mean throughput of the timed steps."""
-    tok_per_sec = total_batch_size * timed_steps / timed_time if timed_steps else None
-    mfu = 100 * tok_per_sec * flops_per_token / (peak_flops * world_size) if tok_per_sec and peak_flops else None
     return {
         **describe_hardware(device, world_size, orig_model.compute_dtype),
         "wall_time_s": wall_time_before + time.time() - script_start,
-        "mean_tok_per_sec": tok_per_sec,  # row tokens (padding included) per second
-        "mfu_percent": mfu,
-        "mfu_basis": peak_note,
+        # tok/s in row tokens (padding included)
+        **describe_throughput(
+            total_batch_size * timed_steps, timed_time, flops_per_token, peak_flops, world_size, peak_note
+        ),
     }
 
 
@@ -344,17 +294,8 @@ def run_info():
 
 def set_hyperparameters(step, progress):
     lrm = progress_lr_multiplier(progress, args.warmdown_ratio, args.final_lr_frac)
-    momentum = finetune_momentum(step)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
-        if group["kind"] == "muon":
-            group["momentum"] = momentum
+    set_group_hparams(optimizer, lrm, momentum=finetune_momentum(step))
     return lrm
-
-
-def format_seconds(s):
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # -----------------------------------------------------------------------------
@@ -368,7 +309,7 @@ timed_steps, timed_time = 0, 0.0
 ema_beta = 0.9
 step = start_step
 while True:
-    progress = step / num_iterations if num_iterations > 0 else data_progress()
+    progress = step / num_iterations if num_iterations > 0 else epoch_progress(train_loaders, device)
     last_step = step == num_iterations if num_iterations > 0 else progress >= 1.0
 
     if last_step or (args.eval_every > 0 and step % args.eval_every == 0):
@@ -476,7 +417,7 @@ get_report().log(
             "source": f"{args.source} {source_tag} step {source_step}",
             "optimizer state from": optimizer_source,
             "iterations": step,
-            "epoch progress": data_progress(),
+            "epoch progress": epoch_progress(train_loaders, device),
             "train conversations": len(train_task),
             "total batch (tokens)": total_batch_size,
             "padding fraction": pad_fraction,
