@@ -53,7 +53,7 @@ def slugify(section):
 
 def run_git(*args):
     try:
-        out = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10, check=False)
         return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -284,8 +284,10 @@ def get_report():
 
 
 if __name__ == "__main__":
-    commands = {"reset": lambda: print("report reset:", get_report().reset()["started"]),
-                "generate": lambda: print("report written to", get_report().generate())}
+    commands = {
+        "reset": lambda: print("report reset:", get_report().reset()["started"]),
+        "generate": lambda: print("report written to", get_report().generate()),
+    }
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nanochat.report {{{'|'.join(commands)}}}")
     commands[sys.argv[1]]()

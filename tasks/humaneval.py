@@ -38,10 +38,12 @@ class HumanEval(Task):
         return {"messages": messages, "entry_point": row["entry_point"], "test": row["test"], "prompt": row["prompt"]}
 
     def evaluate(self, conversation, completion):
-        program = "\n\n".join([
-            import_lines(conversation["prompt"]),
-            extract_code(completion),
-            conversation["test"],
-            f"check({conversation['entry_point']})",
-        ])
+        program = "\n\n".join(
+            [
+                import_lines(conversation["prompt"]),
+                extract_code(completion),
+                conversation["test"],
+                f"check({conversation['entry_point']})",
+            ]
+        )
         return execute_code(program, timeout=self.timeout).success

@@ -50,7 +50,10 @@ class SpellingBee(Task):
         count = word.count(letter)
         question = rng.choice(TEMPLATES).format(letter=letter, word=word)
         answer = [
-            {"type": "text", "text": f"Spelling \"{word}\" out: {','.join(word)}. Let me count '{letter}' with the calculator: "},
+            {
+                "type": "text",
+                "text": f"Spelling \"{word}\" out: {','.join(word)}. Let me count '{letter}' with the calculator: ",
+            },
             {"type": "python", "text": f"'{word}'.count('{letter}')"},
             {"type": "python_output", "text": str(count)},
             {"type": "text", "text": f"\n\nThe letter '{letter}' appears {count} times in \"{word}\".\n\n#### {count}"},

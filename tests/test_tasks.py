@@ -115,8 +115,10 @@ def test_smoltalk_and_customjson_render(tmp_path):
     ident = CustomJSON(os.path.join(FIXTURES, "identity.jsonl"))
     assert "nanochat" in ident[0]["messages"][1]["content"]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]\n'
-                   '[{"role": "assistant", "content": "oops"}]\n')
+    bad.write_text(
+        '[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]\n'
+        '[{"role": "assistant", "content": "oops"}]\n'
+    )
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         CustomJSON(str(bad))
 
