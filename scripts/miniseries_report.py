@@ -133,6 +133,10 @@ def main():
         )
     if core_fit:
         lines.append(f"- CORE ~ {core_fit[0]:.4g} * C^{core_fit[1]:.4f}")
+    elif any(r["core"] is not None for r in rows):
+        lines.append(
+            "- CORE: no power-law fit (it needs CORE > 0 at two or more depths; these models score at or below chance)"
+        )
     if missing:
         lines.append(f"- not finished (left out): depths {missing}")
     lines += ["", "![val bpb vs FLOPs](bpb_vs_flops.png) ![CORE vs FLOPs](core_vs_flops.png)", ""]
