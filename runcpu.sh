@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline shrunk for a 2-core CPU on the embedded corpus, ending in a chat (the README's main command).
 # Tokenizer -> base pretraining -> CORE/bpb -> midtraining -> SFT -> chat eval -> report card -> a chat.
-# About 25 minutes on 2 cores (wall time per stage is printed and kept in $NANOCHAT_BASE_DIR/runcpu_times.txt).
+# About 20 minutes on 2 cores, venv included (wall time per stage is printed and kept in $NANOCHAT_BASE_DIR/runcpu_times.txt).
 # The model is tiny (d4, ~3M matrix parameters, a few million tokens): it learns the corpus' register and the chat
 # format (well-formed turns), not facts. For real models use speedrun.sh on GPUs.
 #
