@@ -37,6 +37,7 @@ from nanochat.tokenizer import SPECIAL_TOKENS
 CONFIG_FILE = "configuration_nanochat_full.py"
 MODELING_FILE = "modeling_nanochat_full.py"
 CHECK_TOLERANCE = 1e-4  # max |logit difference| (fp32) accepted by the post-export check; tests see ~1e-6
+CHECK_DECODE_STEPS = 8  # greedy steps through transformers' generate (KV cache) in the post-export check
 
 # Our chat format (tokenizer.render_conversation): BOS, <|user_start|>text<|user_end|>, <|assistant_start|>text or
 # parts<|assistant_end|>; a leading system message is merged into the first user message as "system\n\nuser".
@@ -391,6 +392,7 @@ CHECK_CONVERSATION = {
 
 def check_export(model, tokenizer, out_dir, kind):
     """Load the directory with transformers (offline) and measure how far it is from our model and tokenizer."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_model = AutoModelForCausalLM.from_pretrained(
@@ -409,6 +411,24 @@ def check_export(model, tokenizer, out_dir, kind):
     max_diff = (ours - theirs).abs().max().item()
     assert max_diff <= CHECK_TOLERANCE, f"exported model differs from ours: max |logit diff| {max_diff:.3e}"
 
+    # KV-cached decoding (transformers' generate and its cache API, which changes between versions): the logits of
+    # every greedy step must be ours on the same tokens (compared as logits, so that a near-tie cannot fail it).
+    # The prompt ends just short of the shortest window, so that decoding crosses it.
+    prompt = idx[:, : min(min(model.window_sizes), T - CHECK_DECODE_STEPS) - CHECK_DECODE_STEPS // 2]
+    special = special_ids(tokenizer)  # no stop token: all steps run; the mask says no token of the prompt is padding
+    with torch.no_grad():
+        gen = hf_model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=CHECK_DECODE_STEPS, do_sample=False,
+            output_logits=True, return_dict_in_generate=True, eos_token_id=None, pad_token_id=special["pad_token_id"],
+        )  # fmt: skip
+        decoded = torch.stack(gen.logits, dim=1).float()  # (1, steps, V)
+        ours = model(gen.sequences.to(device)).float().cpu()[:, prompt.size(1) - 1 : -1]
+    decode_diff = (ours - decoded).abs().max().item()
+    assert decoded.size(1) == CHECK_DECODE_STEPS and decode_diff <= CHECK_TOLERANCE, (
+        f"the exported model's cached decoding differs from ours: {decoded.size(1)} steps, max |logit diff| "
+        f"{decode_diff:.3e} (transformers {transformers.__version__})"
+    )
+
     hf_tokenizer = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=kind == "custom", local_files_only=True)
     for text in CHECK_TEXTS:
         ids = tokenizer.encode(text)
@@ -417,11 +437,11 @@ def check_export(model, tokenizer, out_dir, kind):
     chat_ids, _ = tokenizer.render_conversation(CHECK_CONVERSATION, max_tokens=None)
     hf_chat_ids = hf_tokenizer.apply_chat_template(CHECK_CONVERSATION["messages"], tokenize=True, return_dict=False)
     assert list(hf_chat_ids) == chat_ids, "the chat template renders the check conversation differently"
-    import transformers
-
     return {
         "max_abs_logit_diff": max_diff,
         "check_tokens": T,
+        "max_abs_decode_logit_diff": decode_diff,
+        "check_decode_steps": CHECK_DECODE_STEPS,
         "tokenizer_check_texts": len(CHECK_TEXTS) + 1,
         "transformers_version": transformers.__version__,
     }
@@ -478,7 +498,7 @@ from transformers import PretrainedConfig
 
 class NanoChatFullConfig(PretrainedConfig):
     model_type = "nanochat_full"
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["cache", "past_key_values"]
 
     vocab_size: int = 32768
     hidden_size: int = 768
@@ -535,6 +555,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_nanochat_full import NanoChatFullConfig
 
+# transformers 5.24 renamed the KV cache argument and output field `past_key_values` -> `cache`; older 5.x use the
+# old name. Forward takes either; outputs use the name of the installed version (no deprecation warning).
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 def norm(x):
     return F.rms_norm(x, (x.size(-1),))
@@ -563,7 +587,7 @@ class NanoChatFullAttention(nn.Module):
         has_ve = layer_idx in config.value_embedding_layers
         self.ve_gate = nn.Linear(config.ve_gate_channels, self.n_kv_head, bias=False) if has_ve else None
 
-    def forward(self, x, ve, cos, sin, mask, past_key_values):
+    def forward(self, x, ve, cos, sin, mask, cache):
         B, T, C = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q = self.c_q(x).view(B, T, H, D)
@@ -575,8 +599,8 @@ class NanoChatFullAttention(nn.Module):
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q) * self.qk_gain, norm(k) * self.qk_gain
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, Hkv, Tk, D), all positions so far
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, Hkv, Tk, D), all positions so far
         if mask is None:  # plain causal over the whole sequence (no cache, no padding, window covers it)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv)
         else:
@@ -600,8 +624,8 @@ class NanoChatFullBlock(nn.Module):
         self.attn = NanoChatFullAttention(config, layer_idx)
         self.mlp = NanoChatFullMLP(config)
 
-    def forward(self, x, ve, cos, sin, mask, past_key_values):
-        x = x + self.attn(norm(x), ve, cos, sin, mask, past_key_values)
+    def forward(self, x, ve, cos, sin, mask, cache):
+        x = x + self.attn(norm(x), ve, cos, sin, mask, cache)
         return x + self.mlp(norm(x))
 
 
@@ -609,7 +633,7 @@ class NanoChatFullPreTrainedModel(PreTrainedModel):
     config_class = NanoChatFullConfig
     base_model_prefix = "model"
     _no_split_modules: ClassVar[list[str]] = ["NanoChatFullBlock"]
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["cache", "past_key_values"]
 
     def _init_weights(self, module):
         # only for a model built from a config alone; exported weights overwrite all of this
@@ -652,19 +676,21 @@ class NanoChatFullModel(NanoChatFullPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
+        past_key_values=None,
         **kwargs,
     ):
+        cache = past_key_values if cache is None else cache
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("nanochat needs input_ids (its value embeddings are looked up by token id)")
         B, T = input_ids.shape
         device = input_ids.device
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if cache is not None else 0
         Tk = past + T
         q_idx = torch.arange(past, Tk, device=device)
         if position_ids is None:
@@ -697,9 +723,9 @@ class NanoChatFullModel(NanoChatFullPreTrainedModel):
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i].to(x.dtype) * x + self.x0_lambdas[i].to(x.dtype) * x0
             ve = self.value_embeds[str(i)](input_ids).to(x.dtype) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, masks[self.config.window_sizes[i]], past_key_values)
+            x = block(x, ve, cos, sin, masks[self.config.window_sizes[i]], cache)
         x = norm(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache if use_cache else None})
 
 
 class NanoChatFullForCausalLM(NanoChatFullPreTrainedModel, GenerationMixin):
@@ -726,18 +752,19 @@ class NanoChatFullForCausalLM(NanoChatFullPreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
         logits_to_keep=0,
+        past_key_values=None,
         **kwargs,
     ):
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values if cache is None else cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
@@ -756,7 +783,7 @@ class NanoChatFullForCausalLM(NanoChatFullPreTrainedModel, GenerationMixin):
                 labels[:, 1:].reshape(-1).to(logits.device),
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
 
 
 __all__ = ["NanoChatFullConfig", "NanoChatFullForCausalLM", "NanoChatFullModel", "NanoChatFullPreTrainedModel"]

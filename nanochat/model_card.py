@@ -311,6 +311,16 @@ def export_section(export_info):
                 ),
             )
         )
+        if "max_abs_decode_logit_diff" in export_info:
+            rows.append(
+                (
+                    "cached decoding check",
+                    (
+                        f"max abs logit difference {export_info['max_abs_decode_logit_diff']:.3e} over "
+                        f"{export_info['check_decode_steps']} greedy steps of transformers' generate (KV cache)"
+                    ),
+                )
+            )
         rows.append(("tokenizer check", f"identical ids on {export_info['tokenizer_check_texts']} texts incl. a chat"))
         rows.append(("transformers version of the check", export_info["transformers_version"]))
     if export_info.get("source"):

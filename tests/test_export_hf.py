@@ -177,6 +177,22 @@ def test_greedy_generation_matches_ours(exported, hf_model):
         assert row[width:].tolist() == list(model.generate(prompt, max_tokens=8, temperature=0))
 
 
+def test_export_check_catches_broken_cached_decoding(exported, tmp_path):
+    """The check at export fails loudly when cached decoding drifts (transformers 5.24 renamed the cache argument,
+    and code that missed it decoded each step without its past): a copy of the export that drops its cache."""
+    import shutil
+
+    broken = tmp_path / "broken-cache-export"  # its own name: transformers keys remote-code modules by folder name
+    shutil.copytree(exported.out, broken)
+    code = (broken / "modeling_nanochat_full.py").read_text()
+    assert code.count("cache = past_key_values if cache is None else cache") == 1
+    (broken / "modeling_nanochat_full.py").write_text(
+        code.replace("past_key_values if cache is None else cache", "None")
+    )
+    with pytest.raises(AssertionError, match="cached decoding differs from ours"):
+        check_export(exported.model, exported.tokenizer, str(broken), "custom")
+
+
 TEXTS = [
     "hello world",
     "Unicode: café naïve Straße 東京 안녕하세요 こんにちは Привет 🚀🎉👍🏽 e\u0301 \u200b zero-width",
@@ -257,6 +273,7 @@ def test_model_card_in_export(exported):
     assert card.startswith("---\nlicense: mit\nlibrary_name: transformers\n") and "- custom_code" in card
     assert f'path = "{exported.out}"' in card and "AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)"
     assert "value embeddings with gates on layers [1]" in card and "max abs logit difference vs nanochat" in card
+    assert "over 8 greedy steps of transformers' generate (KV cache)" in card
     assert "### 1. base pretraining: `base_checkpoints/d2`, step 20" in card
     assert "### 2. supervised fine-tuning (SFT): `chatsft_checkpoints/d2`, step 7" in card
     assert "| hellaswag_zeroshot |" in card and "| ARC-Easy | 0.3125 |" in card and "| ChatCORE | - | 0.0412 |" in card
