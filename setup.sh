@@ -21,8 +21,22 @@ if [ -n "${TORCH_SPEC:-}" ] && ! .venv/bin/python -c "import torch" 2>/dev/null;
     "${PIP[@]}" $TORCH_SPEC
 fi
 EXTRA=""; [ $DEV = 1 ] && EXTRA="[dev]"
-echo "[setup] installing nanochat$EXTRA and its dependencies"
-"${PIP[@]}" -e ".$EXTRA" 2>&1 | grep -v "is ignored" || true
+# the package is installed editable, so only a change of pyproject.toml (or of the extra) needs pip again: a stamp
+# per pyproject.toml hash saves the ~15 s pip spends re-checking everything on each recipe run
+STAMP=.venv/.nanochat-installed
+HASH=$(sha256sum pyproject.toml | cut -c1-16)
+if grep -qxF "$HASH$EXTRA" "$STAMP" 2>/dev/null || { [ $DEV = 0 ] && grep -qxF "$HASH[dev]" "$STAMP" 2>/dev/null; }; then
+    echo "[setup] nanochat$EXTRA is installed for this pyproject.toml (rm $STAMP to reinstall)"
+else
+    echo "[setup] installing nanochat$EXTRA and its dependencies"
+    if ! "${PIP[@]}" -e ".$EXTRA" > .venv/pip-install.log 2>&1; then
+        cat .venv/pip-install.log >&2
+        echo "[setup] pip install failed (log above, also in .venv/pip-install.log)" >&2
+        exit 1
+    fi
+    grep -v "is ignored" .venv/pip-install.log || true
+    echo "$HASH$EXTRA" >> "$STAMP"
+fi
 .venv/bin/python -c "import torch; print('[setup] torch', torch.__version__, '| cuda available:', torch.cuda.is_available())"
 if [ $DEV = 1 ] && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -4,7 +4,8 @@ power laws across depths and draw them: val bpb vs training FLOPs and CORE vs tr
 
 Everything is read from each model's final checkpoint metadata (never parsed from logs):
     python -m scripts.miniseries_report --series cpu --depths 2,3,4,5,6 --out dev/miniseries_cpu
-Writes OUT/results.csv, OUT/bpb_vs_flops.png, OUT/core_vs_flops.png, OUT/summary.md.
+Writes OUT/results.csv, OUT/fits.json, OUT/bpb_vs_flops.png, OUT/core_vs_flops.png, OUT/summary.md.
+`--check N` only answers (exit 0 or 1) whether depth N's final checkpoint exists: miniseries.sh skips those.
 """
 
 import argparse
@@ -60,13 +61,14 @@ def collect_row(ckpt_dir, depth):
 
 
 def fit_power_law(x, y):
-    """y = a * x^b by least squares in log-log space; returns (a, b) or None with fewer than 2 usable points."""
-    pts = [(xi, yi) for xi, yi in zip(x, y) if xi and yi and xi > 0 and yi > 0]
+    """y = a * x^b by least squares in log-log space over the points with x, y > 0: (a, b, points used), or None
+    with fewer than 2 such points."""
+    pts = [(xi, yi) for xi, yi in zip(x, y) if xi is not None and yi is not None and xi > 0 and yi > 0]
     if len(pts) < 2:
         return None
     lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
     b, log_a = np.polyfit(lx, ly, 1)
-    return float(math.exp(log_a)), float(b)
+    return float(math.exp(log_a)), float(b), len(pts)
 
 
 def plot(rows, key, ylabel, path, fit):
@@ -82,9 +84,11 @@ def plot(rows, key, ylabel, path, fit):
         ax.annotate(f"d{d}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if fit:
         xs = np.logspace(np.log10(min(p[0] for p in pts)), np.log10(max(p[0] for p in pts)), 50)
-        ax.plot(xs, fit[0] * xs ** fit[1], "--", label=f"fit: {fit[0]:.3g} * C^{fit[1]:.3f}")
+        ax.plot(xs, fit[0] * xs ** fit[1], "--", label=f"fit: {fit[0]:.3g} * C^{fit[1]:.3f} ({fit[2]} points)")
         ax.legend()
     ax.set_xscale("log")
+    if all(p[1] > 0 for p in pts):
+        ax.set_yscale("log")  # a power law is a straight line in log-log
     ax.set_xlabel("training FLOPs (C)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
@@ -127,23 +131,26 @@ def main():
         cells = [f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)) for v in r.values()]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if bpb_fit:
-        lines.append(
-            f"- val bpb ~ {bpb_fit[0]:.4g} * C^{bpb_fit[1]:.4f} (least squares in log-log over {len(rows)} depths)"
-        )
-    if core_fit:
-        lines.append(f"- CORE ~ {core_fit[0]:.4g} * C^{core_fit[1]:.4f}")
-    elif any(r["core"] is not None for r in rows):
+    for name, fit in (("val bpb", bpb_fit), ("CORE", core_fit)):
+        if fit:
+            lines.append(f"- {name} ~ {fit[0]:.4g} * C^{fit[1]:.4f} (least squares in log-log over {fit[2]} depths)")
+    if not core_fit and any(r["core"] is not None for r in rows):
         lines.append(
             "- CORE: no power-law fit (it needs CORE > 0 at two or more depths; these models score at or below chance)"
         )
     if missing:
         lines.append(f"- not finished (left out): depths {missing}")
+    if os.path.exists(os.path.join(args.out, "commands.sh")):
+        lines.append("- the commands that made these runs: [commands.sh](commands.sh)")
     lines += ["", "![val bpb vs FLOPs](bpb_vs_flops.png) ![CORE vs FLOPs](core_vs_flops.png)", ""]
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write("\n".join(lines))
     with open(os.path.join(args.out, "fits.json"), "w") as f:
-        json.dump({"val_bpb": bpb_fit, "core": core_fit}, f)
+        fits = {
+            name: dict(zip(("a", "b", "points"), fit)) if fit else None
+            for name, fit in (("val_bpb", bpb_fit), ("core", core_fit))
+        }
+        json.dump(fits, f, indent=2)  # y = a * C^b
     print("\n".join(lines))
 
 
