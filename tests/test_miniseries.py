@@ -29,7 +29,13 @@ def test_fit_power_law_recovers_known_law():
 def run_miniseries(base, out, *args):
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "OUT": str(out), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        ["bash", "miniseries.sh", *args], cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=600
+        ["bash", "miniseries.sh", *args],
+        check=False,
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -83,8 +89,8 @@ def test_rerun_skips_finished_and_leaves_out_unfinished(series):
     log_before = (out / "train_d1.log").read_text()
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base)}
     check = [sys.executable, "-m", "scripts.miniseries_report", "--series", "t", "--depths", "1", "--out", str(out)]
-    assert subprocess.run([*check, "--check", "1"], cwd=REPO_DIR, env=env).returncode == 0
-    assert subprocess.run([*check, "--check", "2"], cwd=REPO_DIR, env=env).returncode == 1
+    assert subprocess.run([*check, "--check", "1"], check=False, cwd=REPO_DIR, env=env).returncode == 0
+    assert subprocess.run([*check, "--check", "2"], check=False, cwd=REPO_DIR, env=env).returncode == 1
 
     stdout = run_miniseries(base, out, "1", "t")
     assert "d1: already done, skipping" in stdout and "=== d1" not in stdout
@@ -93,7 +99,12 @@ def test_rerun_skips_finished_and_leaves_out_unfinished(series):
     assert commands.count("scripts.base_train") == 1 and commands.count("bash miniseries.sh 1 t") == 2
 
     report = subprocess.run(
-        [*check[:-4], "--depths", "1,2", "--out", str(out)], cwd=REPO_DIR, env=env, capture_output=True, text=True
+        [*check[:-4], "--depths", "1,2", "--out", str(out)],
+        check=False,
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert report.returncode == 0, report.stderr
     assert "not finished (left out): depths [2]" in report.stdout
