@@ -531,6 +531,8 @@ get_report().log(
             "wall time (s)": wall_time,
             "peak memory": peak_memory,
         },
+        # CORE per task (centered accuracy) of the last CORE eval, when it ran
+        {f"CORE {label}": r["centered"] for label, r in (core_results or {}).get("results", {}).items()},
     ],
 )
 

@@ -64,6 +64,10 @@ def test_miniseries_writes_csv_plots_summary_and_commands(series):
     assert float(row["flops"]) == h["train_flops"] > 0 and int(row["iterations"]) == meta["step"]
     assert float(row["val_bpb"]) == meta["val_bpb"] and float(row["core"]) == meta["core_results"]["core"]
     assert float(row["mfu_percent"]) > 0 and float(row["mean_tok_per_s"]) > 0 and float(row["train_time_s"]) > 0
+    section = json.loads((base / "report" / "base-model-training.json").read_text())["data"]  # the report card's
+    assert section["CORE"] == meta["core_results"]["core"] and section["training tokens"] == h["train_tokens"]
+    per_task = {label: r["centered"] for label, r in meta["core_results"]["results"].items()}
+    assert len(per_task) == 22 and all(section[f"CORE {label}"] == v for label, v in per_task.items())
     for png in ("bpb_vs_flops.png", "core_vs_flops.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "fits.json").read_text()) == {"val_bpb": None, "core": None}  # one point: no fit
