@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline shrunk for a 2-core CPU on the embedded corpus, ending in a chat (the README's main command).
-# Tokenizer -> base pretraining -> CORE/bpb -> midtraining -> SFT -> chat eval -> report card -> a chat.
+# Tokenizer -> base pretraining -> CORE/bpb -> midtraining -> SFT -> chat eval -> HF export with model card ->
+# report card -> a chat.
 # About 20 minutes on 2 cores, venv included (wall time per stage is printed and kept in $NANOCHAT_BASE_DIR/runcpu_times.txt).
 # The model is tiny (d4, ~3M matrix parameters, a few million tokens): it learns the corpus' register and the chat
 # format (well-formed turns), not facts. For real models use speedrun.sh on GPUs.
@@ -51,6 +52,8 @@ stage chat_sft python -m scripts.chat_sft --source-tag "d$DEPTH" --max-seq-len 5
     --total-batch-size 8192 --spellingbee-size 300 --num-iterations 60 --eval-every 20 --eval-tokens 32768 \
     --chat-eval-every 30
 stage chat_eval python -m scripts.chat_eval -i sft -g "d$DEPTH" -m 128
+# share it (~30 s): a HuggingFace transformers folder with the model card, checked against our model on export
+stage export_hf python -m scripts.export_hf --source sft --model-tag "d$DEPTH" --out "$NANOCHAT_BASE_DIR/hf/nanochat-d$DEPTH-sft"
 python -m nanochat.report generate
 cat "$TIMES"
 

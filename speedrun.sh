@@ -66,6 +66,14 @@ if [ "${RL:-0}" = 1 ]; then
     $TORCHRUN -m scripts.chat_eval -- -i rl -a GSM8K
 fi
 
+# --- share it: a HuggingFace transformers folder (safetensors, tokenizer, chat template, model card), checked against
+#     our model on export; one CPU process holding two fp32 copies of the weights (~11 GB RAM at d24; not timed yet)
+STAGE=$([ "${RL:-0}" = 1 ] && echo rl || echo sft)
+if [ "${NODE_RANK:-0}" = 0 ]; then
+    python -m scripts.export_hf --source "$STAGE" --out "$NANOCHAT_BASE_DIR/hf/nanochat-d24-$STAGE"
+fi
+
 # --- the report card (report.md), then talk to the model
 python -m nanochat.report generate
 echo "done. Chat:  python -m scripts.chat_cli   or   python -m scripts.chat_web  (then open http://127.0.0.1:8000)"
+echo "HuggingFace folder with its model card: $NANOCHAT_BASE_DIR/hf/nanochat-d24-$STAGE"
