@@ -32,6 +32,7 @@ SECTIONS = [
     "Chat evaluation sft",
     "Chat RL",
     "Chat evaluation rl",
+    "HuggingFace export",
 ]
 
 # Summary table: metric name -> (section prefix to read it from, key in that section's data)

@@ -17,6 +17,7 @@ Then, offline:
 import argparse
 
 from nanochat.hf_export import export_checkpoint
+from nanochat.report import get_report
 
 parser = argparse.ArgumentParser(description="Export a nanochat checkpoint for HuggingFace transformers")
 parser.add_argument("--source", type=str, default="sft", choices=["base", "mid", "sft", "rl"], help="stage")
@@ -25,4 +26,12 @@ parser.add_argument("--model-tag", type=str, default=None, help="model tag, e.g.
 parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
 args = parser.parse_args()
 
-export_checkpoint(args.source, args.out, model_tag=args.model_tag, step=args.step)
+info = export_checkpoint(args.source, args.out, model_tag=args.model_tag, step=args.step)
+get_report().log(
+    section="HuggingFace export",
+    data=[
+        {k: info[k] for k in ("source", "model_tag", "step", "out_dir", "kind", "transformers_version")},
+        {"missing native features": "; ".join(info["reasons"]) or "none"},
+        {k: info[k] for k in ("max_abs_logit_diff", "check_tokens", "max_abs_decode_logit_diff", "check_decode_steps")},
+    ],
+)

@@ -80,7 +80,7 @@ def exported(hf_offline, tmp_path_factory, tiny_tokenizer):
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         model, tokenizer, _ = load_model("sft", "cpu", model_tag="d2")
-    return SimpleNamespace(out=out, stdout=proc.stdout, model=model, tokenizer=tokenizer)
+    return SimpleNamespace(out=out, stdout=proc.stdout, model=model, tokenizer=tokenizer, base_dir=base_dir)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,12 @@ def ours_greedy(model, tokenizer, prompt, max_tokens):
 
 
 def test_export_is_custom_and_says_why(exported):
-    """The current architecture needs custom code: the script prints each missing native feature; files are there."""
+    """The current architecture needs custom code: the script prints each missing native feature; files are there;
+    the report card gets an export section with the measured check."""
     assert "export: custom modeling code" in exported.stdout
+    section = json.loads((exported.base_dir / "report" / "huggingface-export.json").read_text())["data"]
+    assert section["kind"] == "custom" and section["step"] == 7 and section["out_dir"] == exported.out
+    assert "value embeddings" in section["missing native features"] and section["max_abs_logit_diff"] <= ATOL
     for feature in ("value embeddings", "residual scalars", "sliding windows [(0, 128)]", "multiplied by 1.2"):
         assert feature in exported.stdout
     names = set(os.listdir(exported.out))
