@@ -45,7 +45,8 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD 2>/de
     >> "$OUT/commands.sh"
 
 run() {  # run CMD...: echo it into commands.sh (with the environment that matters), then run it
-    echo "NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-~/.cache/nanochat} NANOCHAT_EVAL_BUNDLE=${NANOCHAT_EVAL_BUNDLE:-} $*" \
+    echo "NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-~/.cache/nanochat} NANOCHAT_EVAL_BUNDLE=${NANOCHAT_EVAL_BUNDLE:-}" \
+        "OMP_NUM_THREADS=$OMP_NUM_THREADS $*" \
         >> "$OUT/commands.sh"
     "$@"
 }
