@@ -4,7 +4,7 @@
 #
 #   bash miniseries.sh                         # GPU: d10..d20 (step 2), series name = today's date
 #   bash miniseries.sh 12,16,20 myseries       # chosen depths and series name
-#   bash miniseries.sh 2,3,4,5,6 cpu           # CPU (~75 min on 2 cores): small depths, shrunk context/batch/horizon
+#   bash miniseries.sh 2,3,4,5 cpu             # CPU (~1 h, 1 thread): small depths, shrunk context/batch/horizon
 #   OUT=/tmp/ms bash miniseries.sh 2,3 try     # results elsewhere than dev/miniseries_<series>
 #
 # A rerun skips depths whose final checkpoint exists. Results: dev/miniseries_<series>/ (results.csv, fits.json,
@@ -26,7 +26,7 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
     # full recipe: everything from the dial; CORE on all examples only at the end
     EXTRA="--core-metric-every=999999 --core-metric-max-per-task=-1 --sample-every=-1"
 else
-    DEPTHS=${1:-2,3,4,5,6}
+    DEPTHS=${1:-2,3,4,5}
     LAUNCH="python -m scripts.base_train"
     # CPU: the dial still sets width, heads, LRs, weight decay and the horizon as a tokens:params ratio, but 2 cores
     # cannot afford the GPU ratio (12): RATIO defaults to 0.2, the context and batch are shrunk (the dial's batch is
