@@ -73,6 +73,7 @@ def fit_power_law(x, y):
 
 def plot(rows, key, ylabel, path, fit):
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,6 +90,11 @@ def plot(rows, key, ylabel, path, fit):
     ax.set_xscale("log")
     if all(p[1] > 0 for p in pts):
         ax.set_yscale("log")  # a power law is a straight line in log-log
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    if key == "core":
+        ax.axhline(0.0, color="gray", lw=0.8, label="chance (CORE is centered)")
+        ax.legend()
     ax.set_xlabel("training FLOPs (C)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
