@@ -85,6 +85,8 @@ if args.prompt is not None:
     _, stop_reason = stream_reply(prompt, args.seed)
     if stop_reason == "context":
         print(f"[the reply filled the model's {sequence_len}-token context]", file=sys.stderr)
+    elif stop_reason == "max_tokens":  # the turn did not end by itself
+        print(f"[reply cut at --max-tokens {args.max_tokens}]", file=sys.stderr)
     sys.exit(0)
 
 print(f"nanochat: {args.source} model, {model.config.n_layer} layers, step {meta['step']}, on {device_type}")
