@@ -360,7 +360,11 @@ def export_model(model, tokenizer, out_dir):
             with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
                 f.write(code)
         weights = custom_weights(model)
-    save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    weights_path = os.path.join(out_dir, "model.safetensors")
+    save_file(weights, weights_path, metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; a folder to share must be readable like its files
     num_tensors = len(weights)
     del weights  # the check that follows loads a second copy of the model
     save_hf_tokenizer(tokenizer, out_dir)

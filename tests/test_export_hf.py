@@ -129,6 +129,8 @@ def test_export_is_custom_and_says_why(exported):
     expected = {"config.json", "model.safetensors", "configuration_nanochat_full.py", "modeling_nanochat_full.py",
                 "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"}  # fmt: skip
     assert expected <= names, expected - names
+    modes = {name: os.stat(os.path.join(exported.out, name)).st_mode & 0o777 for name in expected}
+    assert len(set(modes.values())) == 1, modes  # the weights as readable as the rest (safetensors writes 0600)
     with open(os.path.join(exported.out, "config.json")) as f:
         config = json.load(f)
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_nanochat_full.NanoChatFullForCausalLM"
