@@ -519,6 +519,10 @@ get_report().log(
             "tokens : scaling params": h.train_tokens / h.num_scaling_params,
             "training FLOPs": f"{h.train_flops:e}",
             "device batch x accumulation x processes": f"{device_batch_size} x {grad_accum_steps} x {world_size}",
+            "ran on": (
+                f"{world_size} x {final_run_info['device_name']} ({device_type}), {final_run_info['dtype']}, "
+                f"attention {final_run_info['attention']}, compile {use_compile}, FP8 layers {num_fp8_layers}"
+            ),
         },
         {
             "min val bpb": min_val_bpb,

@@ -66,6 +66,7 @@ def test_miniseries_writes_csv_plots_summary_and_commands(series):
     assert float(row["mfu_percent"]) > 0 and float(row["mean_tok_per_s"]) > 0 and float(row["train_time_s"]) > 0
     section = json.loads((base / "report" / "base-model-training.json").read_text())["data"]  # the report card's
     assert section["CORE"] == meta["core_results"]["core"] and section["training tokens"] == h["train_tokens"]
+    assert section["ran on"].startswith("1 x ") and "(cpu), float32, attention sdpa, compile False" in section["ran on"]
     per_task = {label: r["centered"] for label, r in meta["core_results"]["results"].items()}
     assert len(per_task) == 22 and all(section[f"CORE {label}"] == v for label, v in per_task.items())
     for png in ("bpb_vs_flops.png", "core_vs_flops.png"):
