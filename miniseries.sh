@@ -5,6 +5,7 @@
 #   bash miniseries.sh                         # GPU: d10..d20 (step 2), series name = today's date
 #   bash miniseries.sh 12,16,20 myseries       # chosen depths and series name
 #   bash miniseries.sh 2,3,4,5 cpu             # CPU (~1 h, 1 thread): small depths, shrunk context/batch/horizon
+#   bash miniseries.sh 2,3,4,5,6 cpu           # CPU with d6 too (another ~80 min): dev/miniseries_cpu/
 #   OUT=/tmp/ms bash miniseries.sh 2,3 try     # results elsewhere than dev/miniseries_<series>
 #
 # A rerun skips depths whose final checkpoint exists. Results: dev/miniseries_<series>/ (results.csv, fits.json,

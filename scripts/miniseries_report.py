@@ -3,7 +3,7 @@ Collect a miniseries (one base model per depth, each trained compute-optimally b
 power laws across depths and draw them: val bpb vs training FLOPs and CORE vs training FLOPs.
 
 Everything is read from each model's final checkpoint metadata (never parsed from logs):
-    python -m scripts.miniseries_report --series cpu --depths 2,3,4,5 --out dev/miniseries_cpu
+    python -m scripts.miniseries_report --series cpu --depths 2,3,4,5,6 --out dev/miniseries_cpu
 Writes OUT/results.csv, OUT/fits.json, OUT/bpb_vs_flops.png, OUT/core_vs_flops.png, OUT/summary.md.
 `--check N` only answers (exit 0 or 1) whether depth N's final checkpoint exists: miniseries.sh skips those.
 """

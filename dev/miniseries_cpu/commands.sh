@@ -9,3 +9,6 @@ NANOCHAT_BASE_DIR=/tmp/msrun_base NANOCHAT_EVAL_BUNDLE=fixture OMP_NUM_THREADS=1
 NANOCHAT_BASE_DIR=/tmp/msrun_base NANOCHAT_EVAL_BUNDLE=fixture OMP_NUM_THREADS=1 python -m scripts.miniseries_report --series cpu --depths 2,3,4,5 --out dev/miniseries_cpu
 # 2026-12-01 23:59 UTC, git 5309998: bash miniseries.sh 2,3,4,5 cpu
 NANOCHAT_BASE_DIR=/tmp/msrun_base NANOCHAT_EVAL_BUNDLE=fixture OMP_NUM_THREADS=1 python -m scripts.miniseries_report --series cpu --depths 2,3,4,5 --out dev/miniseries_cpu
+# 2026-12-02 01:13 UTC, git c30b7ea: bash miniseries.sh 2,3,4,5,6 cpu
+NANOCHAT_BASE_DIR=/tmp/msrun_base NANOCHAT_EVAL_BUNDLE=fixture OMP_NUM_THREADS=1 python -m scripts.base_train --depth=6 --model-tag=cpu_d6 --run=dummy --head-dim=64 --max-seq-len=256 --device-batch-size=16 --total-batch-size=4096 --window-pattern=L --warmup-steps=10 --eval-tokens=131072 --eval-every=-1 --sample-every=-1 --core-metric-every=999999 --core-metric-max-per-task=-1 --target-param-data-ratio=0.2
+NANOCHAT_BASE_DIR=/tmp/msrun_base NANOCHAT_EVAL_BUNDLE=fixture OMP_NUM_THREADS=1 python -m scripts.miniseries_report --series cpu --depths 2,3,4,5,6 --out dev/miniseries_cpu
