@@ -520,8 +520,9 @@ get_report().log(
             "training FLOPs": f"{h.train_flops:e}",
             "device batch x accumulation x processes": f"{device_batch_size} x {grad_accum_steps} x {world_size}",
             "ran on": (
-                f"{world_size} x {final_run_info['device_name']} ({device_type}), {final_run_info['dtype']}, "
-                f"attention {final_run_info['attention']}, compile {use_compile}, FP8 layers {num_fp8_layers}"
+                f"{world_size} x {final_run_info['device_name']} ({final_run_info['device_type']}), "
+                f"{final_run_info['dtype']}, attention {final_run_info['attention']}, compile {use_compile}, "
+                f"FP8 layers {final_run_info['fp8_layers']}"
             ),
         },
         {

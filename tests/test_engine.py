@@ -365,8 +365,8 @@ def run_cli(base_dir, *args, stdin=""):
 
 
 def test_chat_cli_one_shot_and_interactive(chat_base_dir):
-    """`-p` prints one streamed reply (and says when it was cut) and exits 0; interactively, a message that does not fit the context is
-    refused with a 'conversation is full' note (no crash), `clear` resets, `quit` exits 0."""
+    """`-p` prints one streamed reply (and says when it was cut) and exits 0; interactively, a message that does not
+    fit the context is refused with a 'conversation is full' note (no crash), `clear` resets, `quit` exits 0."""
     out = run_cli(chat_base_dir, "-p", "Hello there", "-t", "0", "--max-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() != ""
